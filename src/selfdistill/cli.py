@@ -1,0 +1,223 @@
+"""`selfdistill` command line: train, eval, probe, sequence, report, demo, env."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _common_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="alias (smollm2-135m), local transformers dir, local .gguf file, or hub id")
+
+
+def cmd_env(args) -> int:
+    import platform
+
+    import torch
+    import transformers
+
+    from . import __version__
+    from .models import SMOLLM2_GGUF_SHA256, MANIFEST, cache_dir, smollm2_gguf_path, ModelError
+
+    rows = [("selfdistill", __version__), ("python", platform.python_version()), ("torch", torch.__version__),
+            ("transformers", transformers.__version__)]
+    for mod in ("peft", "accelerate", "datasets", "gguf", "lm_eval"):
+        try:
+            rows.append((mod, __import__(mod).__version__))
+        except Exception:  # noqa: BLE001
+            rows.append((mod, "not installed"))
+    dev = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    rows += [("device", dev + (f" ({torch.cuda.get_device_name(0)})" if dev == "cuda" else "")),
+             ("torch threads", str(torch.get_num_threads())), ("cpu count", str(os.cpu_count())),
+             ("cache dir", str(cache_dir()))]
+    try:
+        gguf = smollm2_gguf_path()
+        rows.append(("default model GGUF", str(gguf)))
+    except ModelError as e:
+        rows.append(("default model GGUF", f"MISSING: {e}"))
+    cached = cache_dir() / "models" / "smollm2-135m-instruct-q4_1"
+    rows.append(("default model cache", f"{cached} ({'ready' if (cached / MANIFEST).exists() else 'not built yet: built on first use'})"))
+    rows.append(("pinned GGUF sha256", SMOLLM2_GGUF_SHA256[:16] + "..."))
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+    if args.generate:
+        from .models import load_model
+        from .evaluate import generate_greedy
+        model, tok, info = load_model(args.model)
+        prompt = [{"role": "user", "content": args.generate}]
+        print(f"\n[{info.name}] user: {args.generate}\n[{info.name}] assistant: "
+              f"{generate_greedy(model, tok, [prompt], max_new_tokens=48)[0]}")
+    return 0
+
+
+def cmd_train(args, extra: list[str]) -> int:
+    from .config import load_config, parse_dotted_overrides, to_yaml
+    from .models import load_model
+    from .tasks import load_training_examples
+
+    overrides = parse_dotted_overrides(extra)
+    for key, val in (("train.method", args.method), ("model.name", args.model), ("data.path", args.data),
+                     ("train.max_steps", args.max_steps), ("train.seed", args.seed)):
+        if val is not None:
+            overrides[key] = val
+    cfg = load_config(args.config, overrides, preset=args.preset)
+    if not cfg.data.path:
+        raise SystemExit("selfdistill train: --data is required (a data file, or task:<name> for a built-in task)")
+    print("# resolved config (preset: %s)" % cfg.preset)
+    if cfg.deviations:
+        for d in cfg.deviations:
+            print(f"# deviation from the paper: {d}")
+    print(to_yaml(cfg))
+    examples = load_training_examples(cfg.data.path)
+    from .train import train
+
+    if args.num_processes and args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        return _relaunch(args.num_processes)
+    model, tok, info = load_model(cfg.model.name, dtype=cfg.model.dtype)
+    res = train(cfg, examples, model, tok, args.output, resume=args.resume, overwrite=args.overwrite)
+    if res.skipped_records:
+        print(f"skipped {res.skipped_records} records over their token budget (data.on_overlength=skip)")
+    return 0
+
+
+def _relaunch(n: int) -> int:
+    """`selfdistill train --num-processes N ...` = `accelerate launch --num_processes N -m selfdistill train ...`."""
+    import subprocess
+
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--num-processes")
+    del argv[i:i + 2]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "selfdistill", *argv]
+    if not any(__import__("torch").cuda.is_available() for _ in [0]):
+        cmd.insert(3, "--cpu")
+    return subprocess.call(cmd)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import run_eval_cli
+    return run_eval_cli(args)
+
+
+def cmd_probe(args) -> int:
+    from .evaluate import run_probe_cli
+    return run_probe_cli(args)
+
+
+def cmd_sequence(args, extra: list[str]) -> int:
+    from .sequence import run_sequence_cli
+    return run_sequence_cli(args, extra)
+
+
+def cmd_report(args) -> int:
+    from .report import main_report
+    main_report(args.run_dir)
+    return 0
+
+
+def cmd_demo(args, extra: list[str]) -> int:
+    from .demo import run_demo
+    return run_demo(args, extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="selfdistill", description="Self-Distillation Fine-Tuning (SDFT): learn "
+                                 "from demonstrations on-policy, with an SFT/DFT baseline in the same loop.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train", help="train with SDFT (or the SFT/DFT baselines) on demonstrations",
+                       epilog="Any config key can be overridden with a dotted flag, e.g. --loss.divergence "
+                              "reverse_kl --teacher.kind frozen --rollout.max_new_tokens 128")
+    p.add_argument("--method", choices=["sdft", "sft", "dft"])
+    _common_model(p)
+    p.set_defaults(model=None)
+    p.add_argument("--data", help="JSONL/JSON/save_to_disk folder/hub dataset, or task:<name> (e.g. task:knowledge)")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--preset", choices=["paper", "cpu"], help="paper (default) or cpu (short generations)")
+    p.add_argument("--max-steps", type=int, dest="max_steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
+    p.add_argument("--num-processes", type=int, dest="num_processes", default=0,
+                   help="run under accelerate with N processes (or use `accelerate launch -m selfdistill train`)")
+
+    p = sub.add_parser("eval", help="new-task accuracy and retention, with Wilson 95%% intervals")
+    _common_model(p)
+    p.add_argument("--tasks", default="knowledge,retention", help="comma-separated task names, or lm-eval:<tasks>")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=0, help="at most N items per task (0: all)")
+    p.add_argument("--batch-size", type=int, default=16, dest="batch_size")
+    p.add_argument("--output", help="write results (and per-item outputs) to this JSON file")
+    p.add_argument("--data", help="a user data file for a task named `user`")
+    p.add_argument("--scorer", default="exact", help="scorer for --data: exact | regex | function_call | multiple_choice")
+
+    p = sub.add_parser("probe", help="before training: does the teacher (demonstration in context) beat the student?")
+    _common_model(p)
+    p.add_argument("--task", default="knowledge")
+    p.add_argument("--data", help="a user data file instead of a built-in task")
+    p.add_argument("--scorer", default="exact")
+    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=16, dest="batch_size")
+    p.add_argument("--output", help="write the probe results to this JSON file")
+
+    p = sub.add_parser("sequence", help="continual learning: train on tasks one after another and evaluate all")
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--methods", default="sdft,sft")
+    p.add_argument("--seeds", type=int, default=1)
+    _common_model(p)
+    p.add_argument("--output", required=True)
+    p.add_argument("--config")
+    p.add_argument("--preset", default="cpu", choices=["paper", "cpu"])
+    p.add_argument("--max-steps", type=int, default=20, dest="max_steps")
+    p.add_argument("--eval-every", type=int, default=0, dest="eval_every")
+    p.add_argument("--eval-limit", type=int, default=0, dest="eval_limit")
+
+    p = sub.add_parser("report", help="write report.md and a self-contained report.html from a run folder")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("demo", help="the main job: probe, SDFT vs SFT on the default task, evaluation, report")
+    p.add_argument("--output", default="runs/demo")
+    _common_model(p)
+    p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
+
+    p = sub.add_parser("env", help="versions, device, threads, cache paths, default-model status")
+    _common_model(p)
+    p.add_argument("--generate", metavar="PROMPT", help="also load the model and answer PROMPT greedily")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.cmd not in ("train", "sequence", "demo"):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelError
+    from .train import TrainingError
+
+    try:
+        if args.cmd == "env":
+            return cmd_env(args)
+        if args.cmd == "train":
+            return cmd_train(args, extra)
+        if args.cmd == "sequence":
+            return cmd_sequence(args, extra)
+        if args.cmd == "demo":
+            return cmd_demo(args, extra)
+        return {"eval": cmd_eval, "probe": cmd_probe, "report": cmd_report}[args.cmd](args)
+    except (ConfigError, DataError, ModelError, TrainingError, CheckpointError) as e:
+        print(f"selfdistill {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
