@@ -189,6 +189,11 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
     elif isinstance(current, float):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
         else:

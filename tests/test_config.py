@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from selfdistill.config import PAPER_TEACHER_TEMPLATE, ConfigError, from_dict, load_config, parse_dotted_overrides, \
+    to_dict, to_yaml
+
+
+def test_defaults_are_the_papers():
+    c = load_config()
+    assert (c.loss.divergence, c.loss.support, c.loss.skip_first_tokens) == ("forward_kl", "full", 3)
+    assert (c.teacher.kind, c.teacher.ema_rate, c.rollout.num_rollouts, c.rollout.temperature) == ("ema", 0.01, 1, 1.0)
+    assert (c.optim.lr, c.optim.schedule, c.optim.warmup_steps, c.optim.max_grad_norm) == (5e-5, "cosine", 10, 1.0)
+    assert c.train.prompts_per_step == 32
+    assert c.context.teacher_template == PAPER_TEACHER_TEMPLATE
+    assert PAPER_TEACHER_TEMPLATE.startswith("\n$prompt\n\nThis is an example for a response to the question:\n")
+    assert PAPER_TEACHER_TEMPLATE.endswith("Now answer with a response of your own, including the thinking process.\n")
+
+
+def test_precedence_yaml_then_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("loss:\n  divergence: reverse_kl\n  skip_first_tokens: 5\noptim:\n  lr: 1e-4\n")
+    c = load_config(y, {"loss.skip_first_tokens": "2"})
+    assert c.loss.divergence == "reverse_kl" and c.loss.skip_first_tokens == 2 and c.optim.lr == 1e-4
+
+
+def test_cpu_preset_records_deviation():
+    c = load_config(preset="cpu")
+    assert c.rollout.max_new_tokens == 64 and c.deviations
+
+
+def test_unknown_key_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'loss.divergence'"):
+        load_config(overrides={"loss.divergense": "forward_kl"})
+
+
+@pytest.mark.parametrize("key,val,frag", [
+    ("optim.lr", "-1e-4", "optim.lr must be > 0"),
+    ("teacher.ema_rate", "0", "ema_rate must be in (0, 1]"),
+    ("teacher.ema_rate", "1.5", "ema_rate must be in (0, 1]"),
+    ("loss.divergence", "kl", "is not one of"),
+    ("train.max_steps", "abc", "expected an integer"),
+    ("train.micro_batch_size", "3", "multiple of"),
+])
+def test_out_of_range(key, val, frag):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides={key: val})
+    assert frag in str(e.value)
+
+
+def test_dotted_parse_and_roundtrip():
+    o = parse_dotted_overrides(["--loss.divergence", "jsd", "--train.seed=3"])
+    assert o == {"loss.divergence": "jsd", "train.seed": "3"}
+    c = load_config(overrides=o)
+    assert c.train.seed == 3
+    assert to_dict(from_dict(to_dict(c))) == to_dict(c)
+    assert "divergence: jsd" in to_yaml(c)

@@ -1,0 +1,219 @@
+"""Report on a synthetic results.json: files, decodable PNGs, self-contained HTML,
+and a real headless-Chromium render check."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selfdistill import report
+from selfdistill.report import load_results, main_report, validate_results, write_report
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL ships with matplotlib
+        import matplotlib.image as mpimg
+
+        return np.asarray(mpimg.imread(io.BytesIO(data), format="png"))
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(im.convert("RGB"))
+
+
+def _run(method: str, seed: int, rng: np.random.Generator, tasks: int = 2) -> dict:
+    base = [0.30, 0.20, 0.25][:tasks]
+    keep = {"sdft": 0.95, "sft": 0.75, "dft": 0.85}[method]
+    rows = [base]
+    for s in range(tasks):
+        prev = rows[-1]
+        row = [min(1.0, max(0.0, v * keep + rng.normal(0, 0.01))) for v in prev]
+        row[s] = 0.75 + rng.normal(0, 0.02)
+        rows.append(row)
+    ret0 = 0.62
+    retention = [ret0] + [ret0 * keep ** (s + 1) + rng.normal(0, 0.005) for s in range(tasks)]
+    curves, checkpoints = [], []
+    for s in range(1, tasks + 1):
+        for step in range(0, 50, 5):  # steps restart at every stage
+            curves.append({"stage": s, "step": step, "loss": 2.0 * np.exp(-step / 20) + 0.1,
+                           "lr": 1e-5})
+        for step in range(0, 50, 10):
+            frac = step / 40
+            checkpoints.append({"stage": s, "step": step,
+                                "new_task_acc": base[s - 1] + frac * (rows[s][s - 1] - base[s - 1]),
+                                "retention": retention[s - 1]
+                                + frac * (retention[s] - retention[s - 1])})
+    return {"method": method, "seed": seed, "matrix": rows,
+            "matrix_n": [[200] * tasks for _ in rows], "retention": retention,
+            "retention_n": 500, "drift": [0.0] + [0.01 * (s + 1) / keep for s in range(tasks)],
+            "curves": curves, "checkpoints": checkpoints}
+
+
+def _results(tasks: int = 2, seeds: dict | None = None) -> dict:
+    rng = np.random.default_rng(0)
+    seeds = seeds or {"sdft": [0, 1, 2], "sft": [0, 1], "dft": [0]}
+    names = ["science_qa", "tool_use", "medical"][:tasks]
+    return {
+        "title": "Synthetic <test> report",
+        "model": "tiny-test-model",
+        "machine": "CPU (test)",
+        "date": "2026-01-01",
+        "config": {"lr": 1e-5, "epochs": 1, "methods": list(seeds)},
+        "tasks": names,
+        "retention_name": "retention (avg of held-out benchmarks)",
+        "runs": [_run(m, s, rng, tasks) for m, ss in seeds.items() for s in ss],
+        "probe": {"student_acc": 0.41, "teacher_acc": 0.78, "n": 100, "mean_kl": 0.0123},
+        "notes": ["synthetic data for tests | with a pipe"],
+    }
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("run")
+    (d / "results.json").write_text(json.dumps(_results()))
+    write_report(d)
+    return d
+
+
+def test_files_exist_and_pngs_decode(report_dir):
+    md, html = report_dir / "report.md", report_dir / "report.html"
+    assert md.is_file() and html.is_file()
+    pngs = sorted(report_dir.glob("fig_*.png"))
+    assert {p.name for p in pngs} == {"fig_accuracy_per_task.png", "fig_retention.png",
+                                      "fig_tradeoff.png", "fig_training_curves.png",
+                                      "fig_drift.png"}
+    for p in pngs:
+        img = _decode_png(p.read_bytes())
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        assert float(img.astype(float).std()) > 1e-3, f"{p.name} looks blank"
+    assert (report_dir / "summary.csv").is_file()
+    assert (report_dir / "matrix_sdft_seed2.csv").is_file()
+
+
+def test_markdown_content(report_dir):
+    md = (report_dir / "report.md").read_text()
+    for p in report_dir.glob("fig_*.png"):
+        assert f"]({p.name})" in md
+    assert "tiny-test-model" in md and "CPU (test)" in md and "2026-01-01" in md
+    assert "sdft: 3 seeds (0, 1, 2)" in md and "dft: 1 seed (0)" in md
+    assert "Probe" in md and "0.410 [" in md and "0.780 [" in md
+    assert "BWT" in md and "forgetting on science_qa" in md
+    assert "Retention at equal new-task accuracy" in md and "A=sdft, B=sft" in md
+    assert "- synthetic data for tests | with a pipe" in md
+    assert md.startswith("# Synthetic &lt;test&gt; report")  # no raw HTML leaks into markdown
+    # the shared base model is identical across seeds: Wilson, not a zero-width t-interval
+    assert "| base | 0.300 [0.241, 0.367]ᵂ |" in md
+    # single-seed method gets a Wilson interval (marked) and no t-interval for BWT
+    dft_row = [ln for ln in md.splitlines() if ln.startswith("| dft | 1 |")][0]
+    assert "ᵂ" in dft_row
+    assert "Caution: at least one method has a single seed" in md
+
+
+def test_html_self_contained(report_dir):
+    html = (report_dir / "report.html").read_text()
+    pngs = sorted(report_dir.glob("fig_*.png"))
+    uris = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(uris) == len(pngs) == html.count("<img ")
+    embedded = {base64.b64decode(u) for u in uris}
+    assert embedded == {p.read_bytes() for p in pngs}
+    for data in embedded:
+        _decode_png(data)
+    # nothing external: no http(s) links, no file references to the PNGs
+    assert "http://" not in html and "https://" not in html
+    assert 'src="fig_' not in html and "<link" not in html
+    assert "&lt;test&gt;" in html  # title escaped
+    assert "images-ok:" in html  # the in-page decode check script
+
+
+def test_single_task_single_seed(tmp_path):
+    res = _results(tasks=1, seeds={"sdft": [0], "sft": [0]})
+    del res["probe"]
+    for r in res["runs"]:
+        del r["curves"], r["drift"]
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    md, html = write_report(tmp_path)
+    text = md.read_text()
+    assert "Probe" not in text
+    assert not (tmp_path / "fig_training_curves.png").exists()
+    assert not (tmp_path / "fig_drift.png").exists()
+    assert (tmp_path / "fig_tradeoff.png").is_file()
+    assert "n/a" in text  # BWT undefined for one task
+    assert html.read_text().count("<img ") == 3
+
+
+def test_minimal_results(tmp_path):
+    res = {"tasks": ["t"], "runs": [{"method": "sft", "seed": 0, "matrix": [[0.1], [0.6]]}]}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    md, html = write_report(tmp_path)
+    assert md.is_file() and html.read_text().count("<img ") == 1
+
+
+def test_validation_errors(tmp_path):
+    assert validate_results(_results()) == []
+    bad = _results()
+    bad["runs"][0]["matrix"] = bad["runs"][0]["matrix"][:1]
+    bad["runs"][1]["retention"] = [0.5]
+    bad["runs"][2]["matrix_n"] = [[1]]
+    probs = validate_results(bad)
+    assert len(probs) == 3, probs
+    (tmp_path / "results.json").write_text(json.dumps({"tasks": [], "runs": []}))
+    with pytest.raises(ValueError, match="invalid results"):
+        load_results(tmp_path)
+
+
+def test_main_report_prints_paths(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(_results(seeds={"sft": [0]})))
+    md, html = main_report(tmp_path)
+    out = capsys.readouterr().out.split()
+    assert out == [str(md), str(html)]
+    assert report._main([str(tmp_path)]) == 0
+
+
+# --------------------------------------------------------------------------- #
+# Real browser: every <img> must decode in headless Chromium.
+# --------------------------------------------------------------------------- #
+
+_CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"{CHROMIUM} not installed (apt-get install chromium); "
+                           "the browser render check needs it")
+def test_chromium_renders_all_images(report_dir, tmp_path):
+    html = report_dir / "report.html"
+    n_imgs = html.read_text().count("<img ")
+    url = html.resolve().as_uri()
+
+    dom = subprocess.run(
+        [CHROMIUM, *_CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile1'}",
+         "--virtual-time-budget=5000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    m = re.search(r"<title>images-ok:(\d+)/(\d+)</title>", dom.stdout)
+    assert m, f"decode-check title not found; stderr: {dom.stderr[-1000:]}"
+    assert int(m.group(2)) == n_imgs and n_imgs == 5
+    assert int(m.group(1)) == n_imgs, f"only {m.group(1)}/{n_imgs} images decoded"
+
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        [CHROMIUM, *_CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}",
+         f"--screenshot={shot}", "--window-size=1200,3000", "--virtual-time-budget=5000", url],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    img = _decode_png(shot.read_bytes())
+    assert img.shape[:2] == (3000, 1200)
+    flat = img.reshape(-1, img.shape[-1]).astype(float)
+    assert flat.std() > 5, "screenshot looks blank"
+    assert (flat.min(axis=1) < 128).mean() > 0.005, "screenshot has almost no dark pixels"
