@@ -27,7 +27,7 @@ from typing import Any, Callable
 from selfdistill.tasks.base import Task, check_mc_example, mc_correct, mc_predicted_index
 from selfdistill.tasks.scorers import exact_match, function_call_match, regex_match
 
-__all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_predicted_index", "USER_SCORERS"]
+__all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_predicted_index", "USER_SCORERS", "load_training_examples"]
 
 
 def _tooluse(**kw: Any) -> Task:
@@ -192,3 +192,21 @@ def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | 
         max_new_tokens=max_new_tokens,
         info={"n_train": len(train), "n_test": len(test), "seed": seed, "scorer": scorer},
     )
+
+
+def load_training_examples(spec: str) -> list:
+    """`task:<name>` -> the built-in task's train split; anything else -> selfdistill.data.load_examples(spec).
+
+    An unknown task name is a DataError (so the CLI prints it as one line) with a suggestion.
+    """
+    from selfdistill.data import DataError, load_examples
+
+    if spec.startswith("task:"):
+        try:
+            task = get_task(spec[len("task:"):])
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if not task.train:
+            raise DataError(f"task {task.name!r} has no training split")
+        return task.train
+    return load_examples(spec)

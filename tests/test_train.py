@@ -1,0 +1,361 @@
+"""The trainer on tiny random models: learning, accumulation invariance, teachers, outputs, resume, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from selfdistill import losses
+from selfdistill.checkpoint import CheckpointError, latest_checkpoint
+from selfdistill.config import load_config
+from selfdistill.data import Example
+from selfdistill.train import TrainingError, train
+
+HERE = Path(__file__).parent
+
+
+def examples(n=8):
+    return [Example([{"role": "user", "content": f"What is {i} + 7?"}], f"The answer is {i + 7}.", origin=f"t:{i}")
+            for i in range(n)]
+
+
+def cfg(**kw):
+    base = {"train.max_steps": 3, "train.prompts_per_step": 4, "train.micro_batch_size": 2,
+            "rollout.max_new_tokens": 8, "optim.warmup_steps": 0, "optim.lr": 1e-3, "log.progress": False}
+    base.update(kw)
+    return load_config(overrides=base)
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _fixed_batch_kl(student, teacher_model, tok, items, completions):
+    from selfdistill.train import completion_logits, pack
+    with torch.no_grad():
+        t = completion_logits(teacher_model, pack([e.teacher_prompt_ids for e in items], completions,
+                                                  tok.pad_token_id, "cpu"))
+        sb = pack([e.student_prompt_ids for e in items], completions, tok.pad_token_id, "cpu")
+        s = completion_logits(student, sb)
+        return losses.distillation_loss(s, t, sb.completion_mask_BT, skip_first_tokens=0)[0].item()
+
+
+def test_sdft_lowers_its_loss_on_a_fixed_batch(tiny_tok, tmp_path):
+    """Train with a frozen teacher; the SDFT loss on the initial rollouts (a fixed batch) goes down."""
+    import copy
+    from selfdistill.config import ContextConfig, DataConfig
+    from selfdistill.contexts import encode_examples
+    from selfdistill.train import sample_rollouts
+    m = build_tiny_model(tiny_tok)
+    base = copy.deepcopy(m)
+    items, _ = encode_examples(tiny_tok, examples(4), DataConfig(), ContextConfig())
+    c = cfg(**{"train.max_steps": 10, "optim.lr": 3e-4, "teacher.kind": "frozen", "train.micro_batch_size": 4,
+               "loss.skip_first_tokens": 0, "rollout.greedy": True, "data.shuffle": False})
+    comps, _ = sample_rollouts(m, tiny_tok, [e.student_prompt_ids for e in items], c.rollout, seed=0)
+    before = _fixed_batch_kl(m, base, tiny_tok, items, comps)
+    res = train(c, examples(4), m, tiny_tok, tmp_path / "o")
+    after = _fixed_batch_kl(m, base, tiny_tok, items, comps)
+    assert before > 0 and after < 0.3 * before, (before, after, [x["forward_kl"] for x in res.metrics])
+
+
+def test_sft_and_dft_lower_their_loss(tiny_tok, tmp_path):
+    for method in ("sft", "dft"):
+        c = cfg(**{"train.method": method, "train.max_steps": 10, "optim.lr": 3e-3, "data.shuffle": False,
+                   "train.micro_batch_size": 4})
+        res = train(c, examples(4), build_tiny_model(tiny_tok), tiny_tok, tmp_path / method)
+        key = "sft_nll"  # DFT: its own loss rises as p(token) grows; the NLL must fall
+        assert res.metrics[-1][key] < 0.8 * res.metrics[0][key], (method, [m[key] for m in res.metrics])
+
+
+@pytest.mark.parametrize("method", ["sdft", "sft"])
+def test_gradient_accumulation_invariance(tiny_tok, tmp_path, method, monkeypatch):
+    """1 micro-batch of 8 and 4 micro-batches of 2 accumulate the same gradient (and so the same update)."""
+    grads, out = [], []
+    orig = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm):
+        params = list(params)
+        grads.append([p.grad.detach().clone() for p in params])
+        return orig(params, max_norm)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    for mb in (8, 2):
+        c = cfg(**{"train.method": method, "train.max_steps": 1, "train.prompts_per_step": 8,
+                   "train.micro_batch_size": mb, "rollout.greedy": True})
+        m = build_tiny_model(tiny_tok)
+        train(c, examples(8), m, tiny_tok, tmp_path / f"{method}{mb}")
+        out.append(weights(m))
+    a, b = grads
+    assert max(float(x.abs().max()) for x in a) > 0
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, atol=1e-7, rtol=1e-4)
+    init = weights(build_tiny_model(tiny_tok))
+    assert any(not torch.equal(out[0][k], init[k]) for k in init)  # it did update
+    frac_equal = sum(torch.isclose(out[0][k], out[1][k], atol=1e-6).float().mean() for k in init) / len(init)
+    assert frac_equal > 0.99  # Adam's first step ~ lr*sign(g): only near-zero gradient entries may differ
+
+
+def test_ema_teacher_math(tiny_tok, tmp_path):
+    from selfdistill.teacher import Teacher
+    m = build_tiny_model(tiny_tok)
+    init = weights(m)
+    t = Teacher(m, "ema", 0.1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    t.update()
+    for (k, v), tp in zip(m.named_parameters(), t.copy.parameters()):
+        expect = 0.9 * init[k] + 0.1 * v.detach()
+        assert torch.allclose(tp, expect, atol=1e-6), k
+
+
+def test_frozen_teacher_unchanged_and_ema_moves(tiny_tok, tmp_path):
+    import selfdistill.train as tr
+    seen = {}
+    orig = tr.Teacher
+
+    class Spy(orig):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen["t"] = self
+    tr.Teacher = Spy
+    try:
+        for kind in ("frozen", "ema"):
+            m = build_tiny_model(tiny_tok)
+            init = weights(m)
+            train(cfg(**{"teacher.kind": kind}), examples(), m, tiny_tok, tmp_path / kind)
+            tw = seen["t"].copy.state_dict()
+            same = all(torch.equal(tw[k], init[k]) for k in init)
+            assert same == (kind == "frozen")
+    finally:
+        tr.Teacher = orig
+
+
+def test_live_teacher_is_the_student(tiny_tok):
+    from selfdistill.teacher import Teacher
+    m = build_tiny_model(tiny_tok)
+    t = Teacher(m, "live")
+    assert t.copy is None
+    with t.scoring() as tm:
+        assert tm is m
+
+
+def test_lora_ema_teacher_is_a_second_adapter(tiny_tok, tmp_path):
+    m = build_tiny_model(tiny_tok)
+    n_base = sum(p.numel() for p in m.parameters())
+    c = cfg(**{"model.lora": True, "model.lora_r": 4, "optim.lr": 1e-2})
+    import selfdistill.train as tr
+    seen = {}
+    orig = tr.Teacher
+
+    class Spy(orig):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen["t"] = self
+    tr.Teacher = Spy
+    try:
+        res = train(c, examples(), m, tiny_tok, tmp_path / "lora")
+    finally:
+        tr.Teacher = orig
+    t = seen["t"]
+    assert t.copy is None  # no second copy of the base model
+    model = res.model
+    n_all = sum(p.numel() for p in model.parameters())
+    n_adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert n_all == n_base + n_adapters
+    # teacher adapter follows the EMA of the student adapter and is not trainable
+    assert all(not tp.requires_grad for tp, _ in t._lora_pairs)
+    assert all(sp.requires_grad for _, sp in t._lora_pairs)
+    assert any(not torch.equal(tp, sp) for tp, sp in t._lora_pairs)
+    # outputs: the adapter and a merged model that plain transformers loads
+    from transformers import AutoModelForCausalLM
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora")
+    ids = torch.tensor([[1, 5, 9]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-4)
+
+
+def test_lora_frozen_teacher_disables_adapter(tiny_tok):
+    from peft import LoraConfig, get_peft_model
+    from selfdistill.teacher import Teacher
+    base = build_tiny_model(tiny_tok)
+    ids = torch.tensor([[1, 5, 9]])
+    ref = base(ids).logits.detach()
+    m = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    t = Teacher(m, "frozen")
+    with torch.no_grad(), t.scoring() as tm:
+        assert torch.allclose(tm(ids).logits, ref, atol=1e-6)
+    assert not torch.allclose(m(ids).logits, ref, atol=1e-4)  # the student has its adapter back
+
+
+def test_output_folder_loads_and_records_config(tiny_tok, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    res = train(cfg(), examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o")
+    out = tmp_path / "o"
+    m = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template and (out / "model.safetensors").exists()
+    assert "divergence: forward_kl" in (out / "selfdistill.yaml").read_text()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    for k in ("forward_kl", "grad_norm", "lr", "tokens_per_s", "completion_len", "time_generate_s",
+              "time_teacher_s", "time_student_s", "time_optimizer_s"):
+        assert k in lines[0], k
+    assert "rollout_preview" in lines[0]
+    ids = torch.tensor([[1, 5, 9]])
+    with torch.no_grad():
+        assert torch.equal(m(ids).logits, res.model(ids).logits)
+
+
+def test_refuses_existing_run_without_flag(tiny_tok, tmp_path):
+    train(cfg(), examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o")
+    with pytest.raises(TrainingError, match="--overwrite"):
+        train(cfg(), examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o")
+    with pytest.raises(TrainingError, match="different config"):
+        train(cfg(**{"optim.lr": 1e-2}), examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o", resume=True)
+    train(cfg(), examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o", overwrite=True)
+
+
+def test_resume_in_process_is_bitwise_identical(tiny_tok, tmp_path):
+    c = cfg(**{"train.max_steps": 4})
+    full = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), full, tiny_tok, tmp_path / "full")
+    part = build_tiny_model(tiny_tok, seed=0)
+    r = train(c, examples(), part, tiny_tok, tmp_path / "part", stop_after=2)
+    assert r.stopped_early and latest_checkpoint(tmp_path / "part" / "checkpoints").name == "step-000002"
+    resumed = build_tiny_model(tiny_tok, seed=0)  # a fresh process would start from the initial weights
+    train(c, examples(), resumed, tiny_tok, tmp_path / "part", resume=True)
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _worker(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent / "src")}
+    return subprocess.Popen([sys.executable, str(HERE / "train_worker.py"), json.dumps(args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _final_weights(out):
+    from safetensors.torch import load_file
+    return load_file(str(Path(out) / "model.safetensors"))
+
+
+def _wait_for(path: Path, proc, timeout=60):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+
+
+OV = {"train.max_steps": 6, "train.prompts_per_step": 4, "train.micro_batch_size": 2, "rollout.max_new_tokens": 8,
+      "optim.warmup_steps": 1, "optim.lr": 1e-3, "log.save_every": 1, "log.keep_last": 2, "log.progress": False}
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
+    p = _worker({"overrides": OV, "output": str(tmp_path / "full")})
+    assert p.wait(120) == 0, p.communicate()
+    p = _worker({"overrides": OV, "output": str(tmp_path / "killed")})
+    _wait_for(tmp_path / "killed" / "checkpoints" / "step-000003" / "COMPLETE", p)
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    assert len(list((tmp_path / "killed" / "checkpoints").glob("step-*"))) <= 3  # rotation keeps few
+    p = _worker({"overrides": OV, "output": str(tmp_path / "killed"), "resume": True})
+    assert p.wait(120) == 0, p.communicate()
+    a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_during_save_leaves_previous_checkpoint(tmp_path):
+    p = _worker({"overrides": OV, "output": str(tmp_path / "o"), "die_in_save_after": 3})
+    p.wait(120)
+    assert p.returncode == -9
+    ck = tmp_path / "o" / "checkpoints"
+    assert latest_checkpoint(ck).name == "step-000002"  # the half-written step-3 folder is never picked
+    assert list(ck.glob("step-000003*")) and not (ck / "step-000003").exists()
+    p = _worker({"overrides": OV, "output": str(tmp_path / "o"), "resume": True})
+    assert p.wait(120) == 0, p.communicate()
+    p2 = _worker({"overrides": OV, "output": str(tmp_path / "full")})
+    assert p2.wait(120) == 0
+    a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "o")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_finishes_step_saves_and_says_how_to_resume(tmp_path):
+    ov = {**OV, "log.save_every": 0, "train.max_steps": 200}
+    p = _worker({"overrides": ov, "output": str(tmp_path / "o")})
+    _wait_for(tmp_path / "o" / "metrics.jsonl", p)
+    while not (tmp_path / "o" / "metrics.jsonl").read_text().strip():
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "--resume" in err and json.loads(out.strip().splitlines()[-1])["stopped_early"]
+    ck = latest_checkpoint(tmp_path / "o" / "checkpoints")
+    steps = len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines())
+    assert ck is not None and ck.name == f"step-{steps:06d}"
+
+
+def test_nonfinite_loss_stops_with_step_or_is_skipped(tiny_tok, tmp_path, monkeypatch):
+    orig = losses.distillation_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        loss, m = orig(*a, **k)
+        calls["n"] += 1
+        if calls["n"] in (3, 4):  # step 2 (two micro-batches per step)
+            loss = loss * float("nan")
+        return loss, m
+    monkeypatch.setattr(losses, "distillation_loss", flaky)
+    with pytest.raises(TrainingError, match="at step 2"):
+        train(cfg(), examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "a")
+    calls["n"] = 0
+    res = train(cfg(**{"train.on_nonfinite": "skip"}), examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "b")
+    assert res.skipped_steps == 1 and len(res.metrics) == 3
+
+
+def test_disk_full_while_saving_keeps_previous(tiny_tok, tmp_path, monkeypatch):
+    import errno
+    import selfdistill.checkpoint as ck
+    res = train(cfg(**{"log.save_every": 1, "train.max_steps": 2}), examples(), build_tiny_model(tiny_tok), tiny_tok,
+                tmp_path / "o", stop_after=1)
+    assert latest_checkpoint(tmp_path / "o" / "checkpoints").name == "step-000001"
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ck, "_write_bytes", full)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        train(cfg(**{"log.save_every": 1, "train.max_steps": 2}), examples(), build_tiny_model(tiny_tok), tiny_tok,
+              tmp_path / "o", resume=True)
+    assert latest_checkpoint(tmp_path / "o" / "checkpoints").name == "step-000001"
+    assert not list((tmp_path / "o" / "checkpoints").glob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_two_sdft_steps_on_the_real_default_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from selfdistill.models import load_model
+    model, tok, _ = load_model("smollm2-135m")
+    c = load_config(overrides={"train.max_steps": 2, "train.prompts_per_step": 2, "train.micro_batch_size": 2,
+                               "rollout.max_new_tokens": 16, "log.progress": False})
+    t0 = time.perf_counter()
+    res = train(c, examples(4), model, tok, tmp_path / "o")
+    assert len(res.metrics) == 2 and all(m["forward_kl"] >= 0 for m in res.metrics)
+    m2 = AutoModelForCausalLM.from_pretrained(tmp_path / "o")
+    tok2 = AutoTokenizer.from_pretrained(tmp_path / "o")
+    text = tok2.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
+                                    add_generation_prompt=True)
+    ids = tok2(text, return_tensors="pt", add_special_tokens=False).input_ids
+    out = m2.generate(ids, max_new_tokens=20, do_sample=False)
+    assert len(tok2.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()) > 0
+    print(f"2 SDFT steps on the default model: {time.perf_counter() - t0:.1f}s")

@@ -1,0 +1,44 @@
+"""Subprocess worker for kill/resume tests: trains a seeded tiny model. Usage: train_worker.py JSON_ARGS."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import torch  # noqa: E402
+
+from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from selfdistill.config import load_config  # noqa: E402
+from selfdistill.data import Example  # noqa: E402
+from selfdistill.train import train  # noqa: E402
+
+
+def examples(n=8):
+    return [Example([{"role": "user", "content": f"What is {i} + 7?"}], f"The answer is {i + 7}.", origin=f"w:{i}")
+            for i in range(n)]
+
+
+def run(args):
+    torch.set_num_threads(1)
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok, seed=0)
+    cfg = load_config(overrides=args["overrides"])
+    if args.get("die_in_save_after"):  # simulate a kill in the middle of writing a checkpoint
+        import selfdistill.checkpoint as ck
+        orig = ck._write_bytes
+        count = {"n": 0}
+
+        def dying_write(path, write):
+            if path.name == "optimizer.pt":
+                count["n"] += 1
+                if count["n"] == args["die_in_save_after"]:
+                    os.kill(os.getpid(), 9)
+            return orig(path, write)
+        ck._write_bytes = dying_write
+    res = train(cfg, examples(), model, tok, args["output"], resume=args.get("resume", False),
+                overwrite=args.get("overwrite", False))
+    print(json.dumps({"steps": len(res.metrics), "stopped_early": res.stopped_early}), flush=True)
+
+
+if __name__ == "__main__":
+    run(json.loads(sys.argv[1]))
