@@ -76,6 +76,8 @@ def encode_example(tokenizer, ex: Example, data: DataConfig, ctx: ContextConfig)
 def encode_examples(tokenizer, examples: list[Example], data: DataConfig,
                     ctx: ContextConfig) -> tuple[list[Encoded], int]:
     """Encode all records; returns (encoded, number skipped for length when data.on_overlength=skip)."""
+    if not examples:
+        raise DataError("no training records (the data file or task split is empty)")
     out, skipped = [], 0
     for ex in examples:
         try:

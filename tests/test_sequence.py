@@ -1,0 +1,64 @@
+"""The continual-learning runner on a tiny random model: results schema, and resume between stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import selfdistill.train as tr
+from conftest import build_tiny_model
+from selfdistill.config import load_config
+from selfdistill.sequence import parse_method, run_sequence
+
+TASKS = ["knowledge", "tooluse"]
+KW = {"knowledge": {"n_train": 4}, "tooluse": {"n_train": 4, "n_test": 4}}
+
+
+def _cfg():
+    return load_config(preset="cpu", overrides={"train.max_steps": 2, "train.prompts_per_step": 2,
+                                                "train.micro_batch_size": 2, "rollout.max_new_tokens": 6,
+                                                "optim.warmup_steps": 0, "optim.lr": 1e-3, "log.progress": False,
+                                                "data.max_prompt_tokens": 2048,
+                                                "data.max_teacher_prompt_tokens": 4096})
+
+
+def _run(out, tok, **kw):
+    return run_sequence(TASKS, ["sdft", "sft@lr=2e-3"], 1, out, cfg=_cfg(), model=build_tiny_model(tok),
+                        tokenizer=tok, eval_limit=4, task_kwargs=KW, write_report=False, batch_size=8, drift_prompts=4,
+                        retention_kwargs={"filter_ids": ["capital-FR", "capital-DE", "capital-IT"]}, **kw)
+
+
+def test_parse_method():
+    assert parse_method("sft@lr=2e-5") == ("sft", {"train.method": "sft", "optim.lr": "2e-5"})
+    with pytest.raises(ValueError):
+        parse_method("ppo")
+
+
+def test_two_stage_sequence_resumes_between_stages(tiny_tok, tmp_path, monkeypatch):
+    full = _run(tmp_path / "full", tiny_tok, eval_every=1)
+    r = full["runs"][0]
+    assert len(r["matrix"]) == 3 and len(r["matrix"][0]) == 2  # base + 2 stages, 2 tasks
+    assert r["drift"][0] == 0.0 and r["drift"][2] > 0
+    assert {c["stage"] for c in r["checkpoints"]} == {1, 2}
+    assert (tmp_path / "full" / "results.json").exists() and (tmp_path / "full" / "summary.csv").exists()
+
+    orig = tr.train
+    calls = {"n": 0}
+
+    def stop_at_stage_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # first method, second stage: the process "dies" between stages
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+    monkeypatch.setattr(tr, "train", stop_at_stage_2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", tiny_tok, eval_every=1)
+    prog = json.loads((tmp_path / "b" / "sdft" / "seed0" / "progress.json").read_text())
+    assert len(prog["stages"]) == 1
+    monkeypatch.setattr(tr, "train", orig)
+    resumed = _run(tmp_path / "b", tiny_tok, eval_every=1)
+    for a, b in zip(full["runs"], resumed["runs"]):
+        assert a["method"] == b["method"]
+        assert a["matrix"] == b["matrix"] and a["retention"] == b["retention"]
+        assert a["drift"] == pytest.approx(b["drift"], abs=1e-6)
