@@ -1,0 +1,71 @@
+"""The command line: every user error is one clear line (exit code 2); a tiny end-to-end train run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfdistill.cli import main
+
+
+def _err(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err[-1] if err else ""
+
+
+def test_unknown_task_name_suggests(capsys, tmp_path):
+    rc, line = _err(capsys, ["train", "--data", "task:knowlege", "--output", str(tmp_path / "o")])
+    assert rc == 2 and "did you mean 'knowledge'" in line.lower()
+
+
+def test_unknown_config_key_suggests(capsys, tmp_path):
+    rc, line = _err(capsys, ["train", "--data", "task:knowledge", "--output", str(tmp_path / "o"),
+                             "--loss.divergense", "reverse_kl"])
+    assert rc == 2 and "did you mean 'loss.divergence'" in line
+
+
+def test_out_of_range_value(capsys, tmp_path):
+    rc, line = _err(capsys, ["train", "--data", "task:knowledge", "--output", str(tmp_path / "o"),
+                             "--teacher.ema_rate", "2"])
+    assert rc == 2 and "teacher.ema_rate must be in (0, 1]" in line
+
+
+def test_bad_data_file_names_file_and_record(capsys, tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"prompt": "Q", "demonstration": "A"}\n{"prompt": "Q"}\n')
+    rc, line = _err(capsys, ["train", "--data", str(p), "--output", str(tmp_path / "o")])
+    assert rc == 2 and str(p) in line and "record 2" in line and "'demonstration'" in line
+
+
+def test_missing_model_path(capsys, tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"prompt": "Q", "demonstration": "A"}\n')
+    rc, line = _err(capsys, ["train", "--data", str(p), "--output", str(tmp_path / "o"),
+                             "--model", str(tmp_path / "no-model")])
+    assert rc == 2 and "does not exist" in line
+
+
+def test_train_end_to_end_on_a_local_tiny_model(capsys, tmp_path, tiny_tok, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "m")
+    tiny_tok.save_pretrained(tmp_path / "m")
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "demonstration": f"{i + 1}"}) + "\n"
+                         for i in range(4)))
+    argv = ["train", "--method", "sdft", "--model", str(tmp_path / "m"), "--data", str(p), "--output",
+            str(tmp_path / "o"), "--max-steps", "2", "--train.prompts_per_step", "2", "--train.micro_batch_size", "2",
+            "--rollout.max_new_tokens", "4", "--log.progress", "false"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# resolved config") and "divergence: forward_kl" in out
+    assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2
+    rc, line = _err(capsys, argv)  # the same output folder again: refused
+    assert rc == 2 and "--overwrite" in line
+
+
+def test_env_prints_versions(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for k in ("torch", "transformers", "device", "cache dir", "default model GGUF"):
+        assert k in out
