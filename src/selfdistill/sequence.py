@@ -119,6 +119,9 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
                     stage_cfg, task.train, model_i, tokenizer, stage_dir, resume=resume, overwrite=not resume,
                     on_step=on_step if eval_every else None, eval_every=eval_every)
                 train_s = time.perf_counter() - t0
+                if res.stopped_early:  # Ctrl-C / SIGTERM: the stage's checkpoint is saved; rerun to resume
+                    raise SystemExit(f"[selfdistill] stopped during {spec} seed {seed} stage {i}; rerun the same "
+                                     f"command to resume from its checkpoint")
                 current = res.model
                 ev = evaluate_stage(current, tokenizer, base_model, tasks, retention, eval_limit, batch_size, drift,
                                     drift_prompts)
