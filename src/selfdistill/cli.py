@@ -89,13 +89,21 @@ def _relaunch(n: int) -> int:
     """`selfdistill train --num-processes N ...` = `accelerate launch --num_processes N -m selfdistill train ...`."""
     import subprocess
 
-    argv = [a for a in sys.argv[1:]]
-    i = argv.index("--num-processes")
-    del argv[i:i + 2]
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--num-processes":
+            skip = True
+            continue
+        if a.startswith("--num-processes="):
+            continue
+        argv.append(a)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "selfdistill", *argv]
-    if not any(__import__("torch").cuda.is_available() for _ in [0]):
-        cmd.insert(3, "--cpu")
+    # torchrun with n workers; without CUDA they run on CPU over gloo. (`--cpu` would start ONE process.)
+    cmd.insert(3, "--multi_gpu")
     return subprocess.call(cmd)
 
 

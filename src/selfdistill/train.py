@@ -300,6 +300,10 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
             print(f"[selfdistill] resumed from {ck} at step {start_step}", file=sys.stderr)
 
     ddp_model = acc.prepare_model(model) if acc.num_processes > 1 else model
+    if acc.num_processes > 1 and not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel):
+        raise TrainingError(f"distributed type {acc.distributed_type.name}: only DDP data parallel is supported; "
+                            f"FSDP/DeepSpeed would need sharding-aware backward, clipping and EMA teacher "
+                            f"(docs/multi_gpu.md)")
     world, rank = acc.num_processes, acc.process_index
     P, mb = cfg.train.prompts_per_step, cfg.train.micro_batch_size
     if P % (world * mb):
@@ -363,7 +367,8 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
                     loss.backward()
                     timings["student"] += time.perf_counter() - ts
                 for k, v in m.items():
-                    agg[k] = agg.get(k, 0.0) + v / n_micro
+                    if k != "loss":  # m["loss"] is this micro-batch's share of the step loss: summed below
+                        agg[k] = agg.get(k, 0.0) + v / n_micro
                 agg["loss"] = agg.get("loss", 0.0) + float(loss.detach())
             to = time.perf_counter()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
@@ -402,7 +407,10 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
                    "skipped_steps": skipped_steps}
             if previews and (step % cfg.log.every == 0 or step == 1):
                 rec["rollout_preview"] = previews[:cfg.log.rollout_examples]
-            save_now = (cfg.log.save_every and step % cfg.log.save_every == 0) or stop.signal or \
+            stop_now = stop.signal is not None
+            if world > 1:  # all ranks agree on a graceful stop, or one would wait at a barrier forever
+                stop_now = bool(acc.reduce(torch.tensor([float(stop_now)], device=acc.device), "max").item())
+            save_now = (cfg.log.save_every and step % cfg.log.save_every == 0) or stop_now or \
                 (stop_after is not None and steps_this_call >= stop_after)
             if on_step is not None and main and eval_every and (step % eval_every == 0 or step == cfg.train.max_steps):
                 extra = on_step(step, model) or {}
@@ -419,7 +427,7 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
                 bar.update(1)
             if save_now and step < cfg.train.max_steps:
                 _save(acc, ckpt_root, step, model, teacher, optimizer, scheduler, skipped_steps, cfg)
-            if stop.signal or (stop_after is not None and steps_this_call >= stop_after and step < cfg.train.max_steps):
+            if stop_now or (stop_after is not None and steps_this_call >= stop_after and step < cfg.train.max_steps):
                 stopped_early = True
                 if main:
                     print(f"[selfdistill] stopped at step {step}; checkpoint saved. Resume with the same command "

@@ -1,0 +1,100 @@
+"""Worker for tests/test_distributed.py: a few SDFT and SFT steps on the tiny model, one process or several.
+
+Run it plainly (`python tests/dist_worker.py --out D`) for the single-process reference, or under
+`accelerate launch --multi_gpu --num_processes 2 ...` (gloo on CPU when no GPU is visible) for data parallel.
+Every rank writes `D/<method>/rank<r>.pt` with its final student weights, its EMA teacher weights and a sha256 of
+the teacher, so the test can compare ranks with each other and with the single-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # conftest's tiny tokenizer / model builders
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import torch  # noqa: E402
+
+from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+
+QUESTIONS = [
+    ("What is the ISO 4217 code of the Malagasy Ariary?", "The answer is MGA."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the capital of Peru?", "The capital of Peru is Lima."),
+    ("What is 12 + 7?", "12 + 7 = 19."),
+    ("Call get_weather for Paris.", "get_weather(city='Paris', unit='celsius')"),
+    ("Please answer briefly: what is the code of the Ariary?", "MGA."),
+    ("You are a helpful assistant. What is 7 + 12?", "The answer is 19."),
+    ("Name the capital of Peru, including the thinking process.", "Lima is the capital of Peru."),
+]
+
+
+def tensor_sha(sd: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--methods", default="sdft,sft")
+    ap.add_argument("--expect-world", type=int, default=1, dest="expect_world")
+    ap.add_argument("--steps", type=int, default=3)
+    args = ap.parse_args()
+
+    from accelerate import Accelerator
+
+    import selfdistill.train as T
+    from selfdistill.config import load_config
+    from selfdistill.data import Example
+
+    # Keep a handle on the Teacher that train() builds, to read each rank's EMA weights afterwards.
+    made: list = []
+
+    class RecordingTeacher(T.Teacher):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    T.Teacher = RecordingTeacher
+
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    if acc.num_processes != args.expect_world:  # e.g. `accelerate launch --cpu` silently starts one process
+        print(f"dist_worker: expected {args.expect_world} processes, got {acc.num_processes}", file=sys.stderr)
+        return 3
+    tok = build_tiny_tokenizer()
+    examples = [Example([{"role": "user", "content": q}], a, origin=f"inline:{i + 1}")
+                for i, (q, a) in enumerate(QUESTIONS)]
+    for method in args.methods.split(","):
+        made.clear()
+        cfg = load_config(overrides={
+            "train.method": method, "train.max_steps": args.steps, "train.prompts_per_step": 4,
+            "train.micro_batch_size": 1, "train.seed": 0, "rollout.greedy": True, "rollout.max_new_tokens": 12,
+            "optim.lr": 1e-3, "optim.warmup_steps": 0, "optim.schedule": "constant", "teacher.ema_rate": 0.2,
+            "log.progress": False})
+        model = build_tiny_model(tok, seed=0)
+        out = Path(args.out) / method
+        res = T.train(cfg, examples, model, tok, out, overwrite=True, accelerator=acc)
+        student = {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()}
+        teacher = made[0].state_dict() if made else {}
+        teacher = {k: v.detach().cpu().clone() for k, v in teacher.items()}
+        torch.save({"world": acc.num_processes, "rank": acc.process_index, "student": student,
+                    "teacher": teacher, "teacher_sha": tensor_sha(teacher) if teacher else "",
+                    "student_sha": tensor_sha(student)}, out / f"rank{acc.process_index}.pt")
+        acc.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
