@@ -117,26 +117,28 @@ def test_ema_teacher_math(tiny_tok, tmp_path):
         assert torch.allclose(tp, expect, atol=1e-6), k
 
 
-def test_frozen_teacher_unchanged_and_ema_moves(tiny_tok, tmp_path):
+@pytest.fixture
+def seen_teacher(monkeypatch):
+    """Records the Teacher that train() builds."""
     import selfdistill.train as tr
     seen = {}
-    orig = tr.Teacher
 
-    class Spy(orig):
+    class Spy(tr.Teacher):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             seen["t"] = self
-    tr.Teacher = Spy
-    try:
-        for kind in ("frozen", "ema"):
-            m = build_tiny_model(tiny_tok)
-            init = weights(m)
-            train(cfg(**{"teacher.kind": kind}), examples(), m, tiny_tok, tmp_path / kind)
-            tw = seen["t"].copy.state_dict()
-            same = all(torch.equal(tw[k], init[k]) for k in init)
-            assert same == (kind == "frozen")
-    finally:
-        tr.Teacher = orig
+    monkeypatch.setattr(tr, "Teacher", Spy)
+    return seen
+
+
+def test_frozen_teacher_unchanged_and_ema_moves(tiny_tok, tmp_path, seen_teacher):
+    for kind in ("frozen", "ema"):
+        m = build_tiny_model(tiny_tok)
+        init = weights(m)
+        train(cfg(**{"teacher.kind": kind}), examples(), m, tiny_tok, tmp_path / kind)
+        tw = seen_teacher["t"].copy.state_dict()
+        same = all(torch.equal(tw[k], init[k]) for k in init)
+        assert same == (kind == "frozen")
 
 
 def test_live_teacher_is_the_student(tiny_tok):
@@ -148,24 +150,12 @@ def test_live_teacher_is_the_student(tiny_tok):
         assert tm is m
 
 
-def test_lora_ema_teacher_is_a_second_adapter(tiny_tok, tmp_path):
+def test_lora_ema_teacher_is_a_second_adapter(tiny_tok, tmp_path, seen_teacher):
     m = build_tiny_model(tiny_tok)
     n_base = sum(p.numel() for p in m.parameters())
     c = cfg(**{"model.lora": True, "model.lora_r": 4, "optim.lr": 1e-2})
-    import selfdistill.train as tr
-    seen = {}
-    orig = tr.Teacher
-
-    class Spy(orig):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            seen["t"] = self
-    tr.Teacher = Spy
-    try:
-        res = train(c, examples(), m, tiny_tok, tmp_path / "lora")
-    finally:
-        tr.Teacher = orig
-    t = seen["t"]
+    res = train(c, examples(), m, tiny_tok, tmp_path / "lora")
+    t = seen_teacher["t"]
     assert t.copy is None  # no second copy of the base model
     model = res.model
     n_all = sum(p.numel() for p in model.parameters())
