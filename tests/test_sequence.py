@@ -26,7 +26,7 @@ def _cfg():
 def _run(out, tok, **kw):
     return run_sequence(TASKS, ["sdft", "sft@lr=2e-3"], 1, out, cfg=_cfg(), model=build_tiny_model(tok),
                         tokenizer=tok, eval_limit=4, task_kwargs=KW, write_report=False, batch_size=8, drift_prompts=4,
-                        retention_kwargs={"filter_ids": ["capital-FR", "capital-DE", "capital-IT"]}, **kw)
+                        retention_kwargs={"filter_ids": ["capital-FR", "capital-DE", "capital-IT"]}, retention_items="all", **kw)
 
 
 def test_parse_method():

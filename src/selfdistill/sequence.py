@@ -62,7 +62,7 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
                  eval_limit: int = 0, batch_size: int = 16, task_kwargs: dict | None = None,
                  retention_kwargs: dict | None = None, probe: dict | None = None, title: str | None = None,
                  notes: list[str] | None = None, model=None, tokenizer=None, write_report: bool = True,
-                 drift: bool = True, drift_prompts: int = 0) -> dict:
+                 drift: bool = True, drift_prompts: int = 0, retention_items: str = "base_correct") -> dict:
     """Run (or resume) the sequence and write results.json (+ CSVs and the report). Returns the results dict."""
     from .models import load_model
     from .tasks import get_task
@@ -77,6 +77,11 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
     if model is None:
         model, tokenizer, _ = load_model(model_name, dtype=cfg.model.dtype)
     base_model = copy.deepcopy(model).eval()
+    notes = list(notes or [])
+    if retention_items == "base_correct":  # forgetting is measured on what the base model knows
+        retention, note = _base_correct_retention(out, base_model, tokenizer, retention, retention_kwargs or {},
+                                                  batch_size)
+        notes.append(note)
 
     base_path = out / "base_eval.json"
     if base_path.exists():
@@ -135,7 +140,7 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
             runs.append(_run_record(spec, seed, task_names, base_eval, prog))
     results = {"title": title or f"selfdistill sequence: {' -> '.join(task_names)}", "model": model_name,
                "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "config": to_dict(cfg),
-               "tasks": task_names, "retention_name": "retention", "runs": runs, "notes": notes or []}
+               "tasks": task_names, "retention_name": "retention", "runs": runs, "notes": notes}
     if probe is not None:
         results["probe"] = probe
     from .metrics import write_results
@@ -145,6 +150,26 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
         md, html = _wr(out)
         print(f"[selfdistill] report: {html}", file=sys.stderr)
     return results
+
+
+def _base_correct_retention(out: Path, base_model, tok, retention, retention_kwargs: dict, batch_size: int):
+    """The retention suite restricted to the items the base model gets right (saved, so resume uses the same)."""
+    from .evaluate import evaluate_task
+    from .tasks import get_task
+    path = out / "retention_items.json"
+    if path.exists():
+        info = json.loads(path.read_text())
+    else:
+        r = evaluate_task(base_model, tok, retention, "test", 0, batch_size)
+        info = {"ids": [it["id"] for it in r["items"] if it["correct"]], "base_accuracy_all": r["accuracy"],
+                "n_all": r["n"]}
+        path.write_text(json.dumps(info, indent=1))
+    if not info["ids"]:
+        return retention, "Retention suite: the base model got no item right; all items are used."
+    kept = get_task("retention", **{**retention_kwargs, "filter_ids": info["ids"]})
+    return kept, (f"Retention suite: the {len(info['ids'])} of {info['n_all']} items that the base model answers "
+                  f"correctly (base accuracy on all items {info['base_accuracy_all']:.1%}); so the base row is "
+                  f"100% and any drop is forgetting.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
