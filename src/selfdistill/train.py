@@ -92,14 +92,16 @@ def cut_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
 
 
 @torch.no_grad()
-def sample_rollouts(model, tokenizer, prompts: list[list[int]], cfg, seed: int) -> tuple[list[list[int]], list[list[float]]]:
-    """On-policy completions from the student (batched, KV cache, left padding); and their sampling log-probs."""
+def sample_rollouts(model, tokenizer, prompts: list[list[int]], cfg, seed: int,
+                    keep_logprobs: bool = True) -> tuple[list[list[int]], list[list[float]]]:
+    """On-policy completions from the student (batched, KV cache, left padding); and their sampling log-probs
+    (only when `keep_logprobs`: they cost a [B, T, V] tensor and are needed only for importance weights)."""
     device = next(model.parameters()).device
     batch = pack(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
     L = batch.input_ids_BL.shape[1] - 1  # pack adds one empty completion column
     torch.manual_seed(seed)
     gen = dict(do_sample=not cfg.greedy, max_new_tokens=cfg.max_new_tokens, return_dict_in_generate=True,
-               output_scores=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+               output_scores=keep_logprobs, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if not cfg.greedy:
         gen.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
     was_training = model.training
@@ -107,8 +109,11 @@ def sample_rollouts(model, tokenizer, prompts: list[list[int]], cfg, seed: int) 
     out = model.generate(input_ids=batch.input_ids_BL[:, :L], attention_mask=batch.attention_mask_BL[:, :L], **gen)
     model.train(was_training)
     new = out.sequences[:, L:]
-    logp = torch.stack([s.float().log_softmax(-1) for s in out.scores], 1)  # processed = the sampler's dist
-    chosen = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    if keep_logprobs:  # processed scores = the sampler's distribution
+        chosen = torch.stack([s.float().log_softmax(-1).gather(-1, new[:, i:i + 1]).squeeze(-1)
+                              for i, s in enumerate(out.scores)], 1)
+    else:
+        chosen = torch.zeros(new.shape)
     eos = {tokenizer.eos_token_id}
     comps, lps = [], []
     for b in range(new.shape[0]):
@@ -132,13 +137,15 @@ def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], cf
 
     t0 = time.perf_counter()
     with amp():
-        completions, sampler_lps = sample_rollouts(gen_model, tokenizer, student_prompts, cfg.rollout, seed)
+        completions, sampler_lps = sample_rollouts(gen_model, tokenizer, student_prompts, cfg.rollout, seed,
+                                                   keep_logprobs=cfg.loss.importance_weights)
     t1 = time.perf_counter()
     with torch.inference_mode(), amp(), teacher.scoring() as teacher_model:
         teacher_logits_BTV = completion_logits(teacher_model, pack(teacher_prompts, completions,
                                                                    tokenizer.pad_token_id, device)).float()
     teacher_logits_BTV = teacher_logits_BTV.clone()  # leave inference mode: a normal tensor for autograd
     t2 = time.perf_counter()
+    timings["student"] -= t2  # forward + loss here, backward in the loop: both count as "student"
     sb = pack(student_prompts, completions, tokenizer.pad_token_id, device)
     with amp():
         student_logits_BTV = completion_logits(model, sb)
@@ -159,6 +166,7 @@ def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], cf
         chunk_size=cfg.loss.chunk_size or None)
     timings["generate"] += t1 - t0
     timings["teacher"] += t2 - t1
+    timings["student"] += time.perf_counter()
     metrics["completion_tokens"] = float(sb.completion_mask_BT.sum())
     metrics["completion_len"] = metrics["completion_tokens"] / len(completions)
     return loss, metrics, completions
@@ -282,7 +290,8 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
         teacher.copy.to(acc.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                  eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+                                  eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
+                                  fused=acc.device.type in ("cpu", "cuda"))  # one kernel, not a per-tensor loop
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
     if cfg.optim.schedule == "cosine":
         scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
