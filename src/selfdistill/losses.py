@@ -345,7 +345,7 @@ class _ChunkedDivergenceFn(torch.autograd.Function):
     """Per-row divergence of ``[N, V]`` student/teacher logits, chunked over rows; see module docstring."""
 
     @staticmethod
-    def forward(ctx, student_NV, teacher_NV, divergence, jsd_beta, chunk_size):  # type: ignore[override]
+    def forward(ctx, student_NV, teacher_NV, divergence, jsd_beta, chunk_size, row_mask_N=None):  # type: ignore[override]
         N, _ = student_NV.shape
         cdt = _compute_dtype(student_NV)
         need_grad = bool(ctx.needs_input_grad[0])
@@ -353,9 +353,18 @@ class _ChunkedDivergenceFn(torch.autograd.Function):
         dvalue_NV = torch.empty_like(student_NV, memory_format=torch.contiguous_format) if need_grad else None
         for start in range(0, N, chunk_size):
             end = min(start + chunk_size, N)
-            s_logp = torch.log_softmax(student_NV[start:end].to(cdt), dim=-1)
-            t_logp = torch.log_softmax(teacher_NV[start:end].to(cdt), dim=-1)
+            s_chunk, t_chunk = student_NV[start:end].to(cdt), teacher_NV[start:end].to(cdt)
+            if row_mask_N is not None:  # rows outside the loss: never computed (non-finite logits there are fine)
+                keep = row_mask_N[start:end, None]
+                s_chunk, t_chunk = torch.where(keep, s_chunk, 0.0), torch.where(keep, t_chunk, 0.0)
+            s_logp = torch.log_softmax(s_chunk, dim=-1)
+            t_logp = torch.log_softmax(t_chunk, dim=-1)
+            del s_chunk, t_chunk
             value, grad = _divergence_and_grad_chunk(s_logp, t_logp, divergence, jsd_beta, need_grad)
+            if row_mask_N is not None:
+                value = torch.where(row_mask_N[start:end], value, 0.0)
+                if need_grad:
+                    grad = grad * row_mask_N[start:end, None]
             out_N[start:end] = value
             if need_grad:
                 dvalue_NV[start:end] = grad.to(dvalue_NV.dtype)
@@ -375,7 +384,7 @@ class _ChunkedDivergenceFn(torch.autograd.Function):
             end = min(start + ctx.chunk_size, dvalue_NV.shape[0])
             chunk = dvalue_NV[start:end].to(cdt) * grad_out_N[start:end, None].to(cdt)
             grad_NV[start:end] = chunk.to(grad_NV.dtype)
-        return grad_NV, None, None, None, None
+        return grad_NV, None, None, None, None, None
 
 
 def chunked_divergence_BT(
@@ -385,6 +394,7 @@ def chunked_divergence_BT(
     divergence: Divergence = "forward_kl",
     jsd_beta: float = 0.5,
     chunk_size: int = 1024,
+    row_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Memory-lean full-vocabulary per-position divergence: ``[..., V] -> [...]`` (float32/float64).
 
@@ -409,6 +419,7 @@ def chunked_divergence_BT(
         divergence,
         float(jsd_beta),
         int(chunk_size),
+        None if row_mask is None else row_mask.reshape(-1).bool(),
     )
     return out_N.reshape(lead_shape)
 
@@ -468,15 +479,18 @@ def distillation_loss(
     extras: dict[str, torch.Tensor] = {}
 
     if chunk_size is not None:
-        per_token_N = chunked_divergence_BT(
-            student_logits_BTV[loss_mask_BT],
-            teacher_logits_BTV.detach()[loss_mask_BT],
+        # All B*T rows in place (a boolean index would copy both [N, V] tensors and scatter the gradient back);
+        # rows outside the loss mask are skipped inside the chunk loop and get value 0 and gradient 0.
+        per_token_BT = chunked_divergence_BT(
+            student_logits_BTV,
+            teacher_logits_BTV.detach(),
             divergence=divergence,
             jsd_beta=jsd_beta,
             chunk_size=chunk_size,
+            row_mask=loss_mask_BT,
         )
-        loss = (per_token_N * weights_BT[loss_mask_BT]).sum()
-        per_token_sum = per_token_N.detach().sum()
+        loss = (per_token_BT * weights_BT).sum()
+        per_token_sum = per_token_BT.detach().sum()
     else:
         per_token_BT, extras = per_token_divergence_BT(
             student_logits_BTV,
