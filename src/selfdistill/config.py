@@ -25,6 +25,15 @@ PAPER_TEACHER_TEMPLATE = (
 )
 
 
+# Named teacher templates (context.teacher_template accepts a name or a template string).
+# paper_no_thinking drops ", including the thinking process": at 135M the full sentence makes the teacher open
+# with a reasoning preamble, which the student then learns (measured in the README's demo section).
+TEACHER_TEMPLATES = {
+    "paper": PAPER_TEACHER_TEMPLATE,
+    "paper_no_thinking": PAPER_TEACHER_TEMPLATE.replace(", including the thinking process.", "."),
+}
+
+
 class ConfigError(ValueError):
     pass
 
@@ -218,7 +227,10 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         obj = getattr(cfg, sec)
     else:
         obj, name = cfg, key
-    setattr(obj, name, _coerce(value, getattr(obj, name), key))
+    value = _coerce(value, getattr(obj, name), key)
+    if key == "context.teacher_template" and value in TEACHER_TEMPLATES:
+        value = TEACHER_TEMPLATES[value]
+    setattr(obj, name, value)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -31,6 +31,7 @@ DEMO_OVERRIDES = {
     "optim.warmup_steps": 4,
     "data.max_prompt_tokens": 512,
     "data.max_teacher_prompt_tokens": 1024,
+    "context.teacher_template": "paper_no_thinking",
 }
 DEMO_METHODS = ["sdft", "sft", "sft@lr=2e-5"]
 DEMO_SETTINGS_WHY = [
@@ -40,7 +41,10 @@ DEMO_SETTINGS_WHY = [
     "20 minutes on 2 CPU cores. The paper's lr grid (5e-6..5e-5) moves a 135M model too little in 40 steps; an "
     "earlier TRL trial at these settings reached 20% on 64 codes in 60 steps.",
     "SFT is run at the same lr (1e-4) and at 2e-5, because a fair comparison is against a tuned SFT.",
-    "The teacher template is the paper's, unchanged; the source fact is put before the question.",
+    "Teacher template: the paper's without ', including the thinking process' (paper_no_thinking), with the "
+    "source fact before the question. With the full sentence this 135M teacher opens with a reasoning preamble "
+    "('To begin, I'll break the process ...') that the student learns within 10 steps, so it never reaches the "
+    "code in 32 tokens and retention falls (measured; README, demo section).",
     "Checkpoints are evaluated along training so retention can be compared at equal new-task accuracy.",
 ]
 
@@ -80,7 +84,8 @@ def run_demo(args, extra: list[str]) -> int:
     print(format_probe(pr))
     probe_summary = {"student_acc": pr["student"]["accuracy"], "teacher_acc": pr["teacher"]["accuracy"],
                      "n": pr["n"], "mean_kl": pr["kl_teacher_student"], "verdict": pr["verdict"]}
-    notes = [f"Teacher template: {'paper (unchanged)' if cfg.context.teacher_template == PAPER_TEACHER_TEMPLATE else repr(cfg.context.teacher_template)}",
+    same = cfg.context.teacher_template == PAPER_TEACHER_TEMPLATE
+    notes = [f"Teacher template: {'paper (unchanged)' if same else repr(cfg.context.teacher_template)}",
              *DEMO_SETTINGS_WHY]
     results = run_sequence([DEMO_TASK], DEMO_METHODS, [0], out, model_name=args.model, cfg=cfg,
                            eval_every=eval_every, task_kwargs={DEMO_TASK: {"n_train": n_facts}},

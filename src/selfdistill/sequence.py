@@ -35,7 +35,7 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     ov: dict[str, Any] = {"train.method": base}
     for kv in filter(None, rest.split(",")):
         k, _, v = kv.partition("=")
-        ov["optim.lr" if k == "lr" else k] = v
+        ov[{"lr": "optim.lr", "template": "context.teacher_template"}.get(k, k)] = v
     return base, ov
 
 
