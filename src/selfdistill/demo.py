@@ -31,7 +31,6 @@ DEMO_OVERRIDES = {
     "optim.warmup_steps": 4,
     "data.max_prompt_tokens": 512,
     "data.max_teacher_prompt_tokens": 1024,
-    "context.teacher_template": "paper_no_thinking",
 }
 DEMO_METHODS = ["sdft", "sft", "sft@lr=2e-5"]
 DEMO_SETTINGS_WHY = [
@@ -41,10 +40,9 @@ DEMO_SETTINGS_WHY = [
     "20 minutes on 2 CPU cores. The paper's lr grid (5e-6..5e-5) moves a 135M model too little in 40 steps; an "
     "earlier TRL trial at these settings reached 20% on 64 codes in 60 steps.",
     "SFT is run at the same lr (1e-4) and at 2e-5, because a fair comparison is against a tuned SFT.",
-    "Teacher template: the paper's without ', including the thinking process' (paper_no_thinking), with the "
-    "source fact before the question. With the full sentence this 135M teacher opens with a reasoning preamble "
-    "('To begin, I'll break the process ...') that the student learns within 10 steps, so it never reaches the "
-    "code in 32 tokens and retention falls (measured; README, demo section).",
+    "Teacher template: the paper's, unchanged, with the source fact before the question. Measured on 2026-11-28: "
+    "this 135M teacher then opens with a reasoning preamble that the student learns within 10 steps, so SDFT does "
+    "not learn the codes here (README). Try --context.teacher_template paper_no_thinking (not yet measured).",
     "Checkpoints are evaluated along training so retention can be compared at equal new-task accuracy.",
 ]
 
