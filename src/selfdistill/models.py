@@ -163,7 +163,7 @@ def resolve(name: str) -> ModelInfo:
         if not (p / "config.json").exists():
             raise ModelError(f"{p}: no config.json; not a transformers model directory")
         return ModelInfo(name, "directory", str(p))
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1) or name.count("/") > 1:
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not an org/name hub id
         raise ModelError(f"{name}: model path does not exist")
     if "/" not in name:
         raise ModelError(f"{name}: not a known alias ({', '.join(ALIASES)}), local path or hub id (org/name)")

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config, parse_dotted_overrides, to_dict
+from . import train as train_mod
+from .config import Config, _flatten, load_config, parse_dotted_overrides, to_dict
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -104,7 +105,7 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
                 if i <= len(prog["stages"]):
                     continue
                 model_i = current if current is not None else copy.deepcopy(base_model).train()
-                stage_cfg = load_config(overrides={**_flat(to_dict(cfg)), **ov, "train.seed": seed,
+                stage_cfg = load_config(overrides={**_flatten(_run_settings(cfg)), **ov, "train.seed": seed,
                                                    "data.path": f"task:{task.name}"}, preset=cfg.preset)
                 stage_cfg.deviations = list(cfg.deviations)
                 stage_dir = run_dir / f"stage{i}"
@@ -120,7 +121,7 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
                 print(f"[selfdistill] {spec} seed {seed}: stage {i}/{len(tasks)} — training on {task.name}",
                       file=sys.stderr)
                 t0 = time.perf_counter()
-                res = __import__("selfdistill.train", fromlist=["train"]).train(
+                res = train_mod.train(
                     stage_cfg, task.train, model_i, tokenizer, stage_dir, resume=resume, overwrite=not resume,
                     on_step=on_step if eval_every else None, eval_every=eval_every)
                 train_s = time.perf_counter() - t0
@@ -172,16 +173,9 @@ def _base_correct_retention(out: Path, base_model, tok, retention, retention_kwa
                   f"100% and any drop is forgetting.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if k in ("preset", "deviations"):
-            continue
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _run_settings(cfg: Config) -> dict:
+    """The config as nested sections, without the preset name and the deviation notes (not config keys)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("preset", "deviations")}
 
 
 def _run_record(spec: str, seed: int, task_names: list[str], base_eval: dict, prog: dict) -> dict:

@@ -19,6 +19,7 @@ by the logits at column P + t - 1. Position ids come from the attention mask.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -334,12 +335,11 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
     writer = _tracker(cfg, out) if main else None
     stop = _StopFlag()
     old_handlers = {}
-    if main or True:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old_handlers[s] = signal.signal(s, stop)
-            except ValueError:  # not the main thread
-                pass
+    for sig in (signal.SIGINT, signal.SIGTERM):  # every rank: each finishes its step before stopping
+        try:
+            old_handlers[sig] = signal.signal(sig, stop)
+        except ValueError:  # not the main thread
+            pass
     bar = tqdm(total=cfg.train.max_steps, initial=start_step, disable=not (main and cfg.log.progress),
                desc=method, dynamic_ncols=True, file=sys.stderr)
     history: list[dict] = []
@@ -360,7 +360,7 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
                 items = [encoded[j] for j in step_idx[i * mb:(i + 1) * mb]]
                 global_micro = rank * n_micro + i
                 last = i == n_micro - 1
-                sync = acc.no_sync(ddp_model) if (world > 1 and not last) else _null()
+                sync = acc.no_sync(ddp_model) if (world > 1 and not last) else contextlib.nullcontext()
                 with sync:
                     if method == "sdft":
                         loss, m, comps = sdft_micro_step(ddp_model, teacher, tokenizer, items, cfg,
@@ -461,14 +461,6 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
     return result
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def _save(acc, root, step, model, teacher, optimizer, scheduler, skipped_steps, cfg):
     if acc.is_main_process:
         save_checkpoint(root, step, model=model, teacher_state=teacher.state_dict() if teacher else {},
@@ -493,8 +485,7 @@ def save_final(model, tokenizer, out: Path, cfg: Config) -> None:
         merged.save_pretrained(out, safe_serialization=True)
     else:
         model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    (out / "selfdistill.yaml").write_text(to_yaml(cfg))
+    tokenizer.save_pretrained(out)  # selfdistill.yaml was written when the run started
 
 
 def _tracker(cfg: Config, out: Path):
@@ -522,7 +513,3 @@ def _tracker(cfg: Config, out: Path):
     def write_t(rec, step):
         trackio.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
     return write_t
-
-
-def env_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
