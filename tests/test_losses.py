@@ -123,8 +123,27 @@ def test_teacher_gets_no_gradient():
 def test_chunked_function_passes_gradcheck_float64(divergence, beta):
     s = _logits(5, 7, seed=13).requires_grad_(True)
     t = _logits(5, 7, seed=14)
-    fn = lambda x: chunked_divergence_BT(x, t, divergence=divergence, jsd_beta=beta, chunk_size=2)  # noqa: E731
+    fn = lambda x: chunked_divergence_BT(x, t, divergence=divergence, jsd_beta=beta, chunk_size=2,  # noqa: E731
+                                         inplace_backward=False)  # gradcheck runs backward many times per graph
     assert torch.autograd.gradcheck(fn, (s,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("divergence", DIVS)
+def test_chunked_inplace_backward_equals_copying_backward_and_refuses_a_second_pass(divergence):
+    t = _logits(9, 11, seed=17)
+    w = torch.rand(9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for inplace in (True, False):
+        s = _logits(9, 11, seed=18).requires_grad_(True)
+        (chunked_divergence_BT(s, t, divergence=divergence, chunk_size=4, inplace_backward=inplace) * w).sum() \
+            .backward()
+        grads.append(s.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    s = _logits(9, 11, seed=18).requires_grad_(True)
+    out = chunked_divergence_BT(s, t, divergence=divergence, chunk_size=4).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward called twice"):
+        out.backward()
 
 
 @pytest.mark.parametrize("divergence", DIVS)

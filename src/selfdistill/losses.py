@@ -73,8 +73,9 @@ per-token value and the analytic gradient ``∂ℓ_n/∂student_logits_n`` (stor
 and drops the float32 temporaries. The only tensor saved for backward is that ``[N, V]`` gradient: the
 student and teacher logits are *not* kept alive (saving them and recomputing in backward would cost two
 ``[N, V]`` tensors and a second softmax pass; the precomputed gradient costs one and none). Backward only
-scales it by the incoming per-token gradient, chunk by chunk. When the student does not require grad
-nothing is saved. Only the full-vocabulary support is chunked: ``support="top_k"`` with ``chunk_size``
+scales it, in place, by the incoming per-token gradient, chunk by chunk, and returns that same buffer as the
+input gradient, so the whole loss allocates one ``[N, V]`` tensor beyond its inputs (backward twice on one graph
+is therefore an error). When the student does not require grad nothing is kept. Only the full-vocabulary support is chunked: ``support="top_k"`` with ``chunk_size``
 raises ``ValueError`` (top-k already keeps just ``[B, T, K+1]`` bins after the log-softmax).
 
 SFT / DFT
@@ -345,7 +346,8 @@ class _ChunkedDivergenceFn(torch.autograd.Function):
     """Per-row divergence of ``[N, V]`` student/teacher logits, chunked over rows; see module docstring."""
 
     @staticmethod
-    def forward(ctx, student_NV, teacher_NV, divergence, jsd_beta, chunk_size, row_mask_N=None):  # type: ignore[override]
+    def forward(ctx, student_NV, teacher_NV, divergence, jsd_beta, chunk_size, row_mask_N=None,  # type: ignore[override]
+                inplace_backward=True):
         N, _ = student_NV.shape
         cdt = _compute_dtype(student_NV)
         need_grad = bool(ctx.needs_input_grad[0])
@@ -369,22 +371,31 @@ class _ChunkedDivergenceFn(torch.autograd.Function):
             if need_grad:
                 dvalue_NV[start:end] = grad.to(dvalue_NV.dtype)
             del s_logp, t_logp, value, grad
-        if need_grad:
-            ctx.save_for_backward(dvalue_NV)
+        # Kept as a plain attribute, not save_for_backward: backward scales it in place and hands it back as the
+        # input gradient, so no second [N, V] buffer is ever allocated.
+        ctx.dvalue_NV = dvalue_NV
         ctx.chunk_size = chunk_size
+        ctx.inplace_backward = inplace_backward
         return out_N
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out_N):  # type: ignore[override]
-        (dvalue_NV,) = ctx.saved_tensors
-        grad_NV = torch.empty_like(dvalue_NV)
+        dvalue_NV = ctx.dvalue_NV
+        if dvalue_NV is None:
+            raise RuntimeError("chunked divergence: backward called twice on one graph; the per-row gradient "
+                               "buffer was reused in place as the input gradient (pass inplace_backward=False "
+                               "to chunked_divergence_BT for retain_graph / gradcheck)")
+        if ctx.inplace_backward:
+            grad_NV, ctx.dvalue_NV = dvalue_NV, None
+        else:
+            grad_NV = torch.empty_like(dvalue_NV)
         cdt = _compute_dtype(dvalue_NV)
         for start in range(0, dvalue_NV.shape[0], ctx.chunk_size):
             end = min(start + ctx.chunk_size, dvalue_NV.shape[0])
             chunk = dvalue_NV[start:end].to(cdt) * grad_out_N[start:end, None].to(cdt)
             grad_NV[start:end] = chunk.to(grad_NV.dtype)
-        return grad_NV, None, None, None, None, None
+        return grad_NV, None, None, None, None, None, None
 
 
 def chunked_divergence_BT(
@@ -395,13 +406,16 @@ def chunked_divergence_BT(
     jsd_beta: float = 0.5,
     chunk_size: int = 1024,
     row_mask: torch.Tensor | None = None,
+    inplace_backward: bool = True,
 ) -> torch.Tensor:
     """Memory-lean full-vocabulary per-position divergence: ``[..., V] -> [...]`` (float32/float64).
 
     Intended input: the flattened loss positions ``[N, V]`` (e.g. ``logits_BTV[loss_mask_BT]``), though any
     leading shape works. ``chunk_size`` = positions per chunk. Value and gradient equal
     :func:`per_token_divergence_BT` with ``support="full"``; the teacher gets no gradient. Only one ``[N, V]``
-    tensor in the student's dtype is saved for backward (the analytic per-row gradient).
+    tensor in the student's dtype is kept for backward (the analytic per-row gradient), and backward scales it in
+    place into the input gradient. ``inplace_backward=False`` allocates a fresh gradient instead, which is what
+    ``retain_graph=True`` (several backward passes through one graph, e.g. ``gradcheck``) needs.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -420,6 +434,7 @@ def chunked_divergence_BT(
         float(jsd_beta),
         int(chunk_size),
         None if row_mask is None else row_mask.reshape(-1).bool(),
+        bool(inplace_backward),
     )
     return out_N.reshape(lead_shape)
 
