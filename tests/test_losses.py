@@ -376,6 +376,18 @@ def _saved_tensor_bytes(fn):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         loss, _ = fn()
+    # The chunked Function keeps its [N, V] gradient buffer as a ctx attribute (reused in place by backward),
+    # which saved_tensors_hooks does not see: count it by walking the graph.
+    stack, visited = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        held = getattr(node, "dvalue_NV", None)
+        if isinstance(held, torch.Tensor):
+            total[0] += held.numel() * held.element_size()
+        stack += [n for n, _ in node.next_functions]
     return total[0], loss
 
 
@@ -391,7 +403,7 @@ def test_chunked_path_saves_less_than_half_of_naive(divergence):
     # naive keeps fp32 [B,T,V] log-probs of both sides; chunked one bf16 [N,V] gradient
     assert naive >= 2 * B * T * V * 4
     assert chunked < 0.5 * naive
-    assert chunked <= B * T * V * 2 + 64 * 1024
+    assert B * T * V * 2 <= chunked <= B * T * V * 2 + 64 * 1024  # the one bf16 [N, V] gradient buffer
     torch.testing.assert_close(loss_c, loss_n, rtol=1e-5, atol=1e-6)
 
 

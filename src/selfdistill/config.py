@@ -84,7 +84,7 @@ class LossConfig:
     skip_first_tokens: int = 3
     importance_weights: bool = False  # truncated IS weights for rollouts from another engine
     importance_cap: float = 2.0
-    chunk_size: int = 0  # >0: memory-lean chunked full-vocabulary loss, positions per chunk
+    chunk_size: int = 256  # >0: memory-lean chunked full-vocab loss, positions per chunk; 0: unchunked; top_k: unused
 
 
 @dataclass

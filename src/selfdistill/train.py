@@ -164,7 +164,7 @@ def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], cf
         divergence=cfg.loss.divergence, support=cfg.loss.support, top_k=cfg.loss.top_k,
         topk_from=cfg.loss.topk_from, jsd_beta=cfg.loss.jsd_beta, skip_first_tokens=cfg.loss.skip_first_tokens,
         num_sequences_total=num_sequences_total, importance_weights_B=weights_B,
-        chunk_size=cfg.loss.chunk_size or None)
+        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None)  # top-k: not chunked
     timings["generate"] += t1 - t0
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
