@@ -217,3 +217,18 @@ def test_chromium_renders_all_images(report_dir, tmp_path):
     flat = img.reshape(-1, img.shape[-1]).astype(float)
     assert flat.std() > 5, "screenshot looks blank"
     assert (flat.min(axis=1) < 128).mean() > 0.005, "screenshot has almost no dark pixels"
+
+
+def test_also_evaluated_table(tmp_path):
+    res = _results(tasks=1, seeds={"sdft": [0], "sft": [0]})
+    res["runs"][0]["also"] = {"train phrasing": {"accuracy": [0.0, 0.5], "n": 32}}
+    res["runs"][1]["also"] = {"train phrasing": {"accuracy": [0.0, 1.0], "n": 32}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    md, _ = write_report(tmp_path)
+    text = md.read_text()
+    section = text.split("## Also evaluated (never trained on)")[1].split("\n## ")[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    assert rows[0].startswith("| model | train phrasing")
+    base, sdft, sft = rows[-3:]
+    assert base.startswith("| base | 0.000") and sdft.startswith("| sdft | 0.500") and sft.startswith("| sft | 1.000")
+    assert "[0.336, 0.664]" in sdft  # Wilson 95% of 16/32: 0.5 ± 1.96·sqrt(1/128 + 1.96²/4096) / (1 + 1.96²/32)

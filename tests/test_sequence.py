@@ -62,3 +62,23 @@ def test_two_stage_sequence_resumes_between_stages(tiny_tok, tmp_path, monkeypat
         assert a["method"] == b["method"]
         assert a["matrix"] == b["matrix"] and a["retention"] == b["retention"]
         assert a["drift"] == pytest.approx(b["drift"], abs=1e-6)
+
+
+def test_also_eval_is_recorded_per_stage_and_equals_a_direct_evaluation(tiny_tok, tmp_path):
+    from selfdistill.evaluate import evaluate_task
+    from selfdistill.models import load_model
+    from selfdistill.tasks import get_task
+    # multiple choice by log-likelihood: a random tiny model gets some items right, so the equality below is
+    # between non-trivial numbers (checked: neither 0 nor 1)
+    ids = ["capital-FR", "capital-IE", "capital-NO", "add-1-5", "add-2-3", "add-2-9", "fact-sky-color",
+           "fact-first-month", "fact-three-sides", "fact-jungle-king"]
+    also = get_task("retention", filter_ids=ids)
+    res = run_sequence(["knowledge"], ["sft@lr=2e-3"], 1, tmp_path, cfg=_cfg(), model=build_tiny_model(tiny_tok),
+                       tokenizer=tiny_tok, eval_limit=4, task_kwargs=KW, write_report=False, batch_size=8,
+                       drift=False, retention_kwargs={"filter_ids": ["capital-FR"]}, retention_items="all",
+                       also_eval={"ten retention items": also})
+    rec = res["runs"][0]["also"]["ten retention items"]
+    assert rec["n"] == 4 and len(rec["accuracy"]) == 2  # eval_limit 4; base + one stage
+    final, _, _ = load_model(str(tmp_path / "sft_at_lr-2e-3" / "seed0" / "stage1"))
+    direct = evaluate_task(final, tiny_tok, also, "test", 4, 8)["accuracy"]
+    assert 0.0 < direct < 1.0 and rec["accuracy"][1] == direct

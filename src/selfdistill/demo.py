@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PAPER_TEACHER_TEMPLATE, load_config, parse_dotted_overrides
+from .config import TEACHER_TEMPLATES, load_config, parse_dotted_overrides
 
 DEMO_TASK = "knowledge"
 DEMO_FACTS = 32
@@ -27,24 +27,41 @@ DEMO_OVERRIDES = {
     "train.prompts_per_step": 8,
     "train.micro_batch_size": 8,
     "train.max_steps": 40,
-    "optim.lr": 1e-4,
+    "optim.lr": 3e-4,
     "optim.warmup_steps": 4,
+    "context.teacher_template": "paper_no_thinking",
     "data.max_prompt_tokens": 512,
     "data.max_teacher_prompt_tokens": 1024,
 }
-DEMO_METHODS = ["sdft", "sft", "sft@lr=2e-5"]
+DEMO_METHODS = ["sdft", "sft@lr=1e-4", "sft@lr=2e-5"]
 DEMO_SETTINGS_WHY = [
     "Task: ISO 4217 codes. At 135M the teacher only beats the student clearly when the answer is in its context "
     "(knowledge acquisition); for BFCL tool calls the gap is small (see the README's probe table).",
-    f"{DEMO_FACTS} facts, 8 prompts per step, 32 new tokens, lr 1e-4 with cosine decay: the budget that fits "
-    "20 minutes on 2 CPU cores. The paper's lr grid (5e-6..5e-5) moves a 135M model too little in 40 steps; an "
-    "earlier TRL trial at these settings reached 20% on 64 codes in 60 steps.",
-    "SFT is run at the same lr (1e-4) and at 2e-5, because a fair comparison is against a tuned SFT.",
-    "Teacher template: the paper's, unchanged, with the source fact before the question. Measured on 2026-11-28: "
-    "this 135M teacher then opens with a reasoning preamble that the student learns within 10 steps, so SDFT does "
-    "not learn the codes here (README). Try --context.teacher_template paper_no_thinking (not yet measured).",
-    "Checkpoints are evaluated along training so retention can be compared at equal new-task accuracy.",
+    f"{DEMO_FACTS} facts, 40 steps of 8 prompts, 32 new tokens, cosine decay after 4 warm-up steps: the budget that "
+    "fits 20 minutes on 2 CPU cores. The paper's lr grid (5e-6..5e-5) moves a 135M model too little in 40 steps.",
+    "SDFT lr 3e-4: measured on 2026-11-28 (this template, bf16, same budget) 1e-4 reached 3% on reworded questions "
+    "(47% in the training phrasing), 3e-4 reached 53% (53%). SFT is run at 1e-4 and 2e-5, because a fair "
+    "comparison is against a tuned SFT (the paper swept both): 1e-4 learns everything, 2e-5 barely learns.",
+    "Teacher template paper_no_thinking: the paper's, without ', including the thinking process'. With the full "
+    "sentence this 135M teacher opens with a reasoning preamble that the student learns within 10 steps, and SDFT "
+    "learned nothing (0% on reworded questions at lr 1e-4, README). The source fact comes before the question.",
+    "bf16 autocast when the CPU has native bf16 (avx512_bf16 / amx) or on CUDA: ~25% faster steps here; "
+    "fp32 otherwise. Same for every method. Override with --train.bf16 false.",
+    "Checkpoints are evaluated along training so retention can be compared at equal new-task accuracy; the "
+    "training phrasing of the same questions is evaluated too (never trained on as a test set).",
 ]
+
+
+def fast_bf16() -> bool:
+    """True when bf16 autocast is natively fast here: CUDA with bf16, or an x86 CPU with avx512_bf16 / amx_bf16."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def run_demo(args, extra: list[str]) -> int:
@@ -56,7 +73,7 @@ def run_demo(args, extra: list[str]) -> int:
     t0 = time.perf_counter()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = dict(DEMO_OVERRIDES)
+    overrides = {**DEMO_OVERRIDES, "train.bf16": fast_bf16()}
     eval_every = 10
     if args.quick:
         overrides.update({"train.max_steps": 2, "rollout.max_new_tokens": 16})
@@ -82,12 +99,13 @@ def run_demo(args, extra: list[str]) -> int:
     print(format_probe(pr))
     probe_summary = {"student_acc": pr["student"]["accuracy"], "teacher_acc": pr["teacher"]["accuracy"],
                      "n": pr["n"], "mean_kl": pr["kl_teacher_student"], "verdict": pr["verdict"]}
-    same = cfg.context.teacher_template == PAPER_TEACHER_TEMPLATE
-    notes = [f"Teacher template: {'paper (unchanged)' if same else repr(cfg.context.teacher_template)}",
+    name = next((k for k, v in TEACHER_TEMPLATES.items() if v == cfg.context.teacher_template), None)
+    notes = [f"Teacher template: {name or repr(cfg.context.teacher_template)}; bf16 autocast: {cfg.train.bf16}",
              *DEMO_SETTINGS_WHY]
+    also = {"knowledge, training phrasing": get_task(DEMO_TASK, n_train=n_facts, test_phrasing="train")}
     results = run_sequence([DEMO_TASK], DEMO_METHODS, [0], out, model_name=args.model, cfg=cfg,
                            eval_every=eval_every, task_kwargs={DEMO_TASK: {"n_train": n_facts}},
-                           probe=probe_summary, notes=notes, model=model, tokenizer=tok,
+                           probe=probe_summary, notes=notes, model=model, tokenizer=tok, also_eval=also,
                            title="selfdistill demo: SDFT vs SFT on ISO 4217 codes (SmolLM2-135M-Instruct)")
     print_summary(results)
     el = time.perf_counter() - t0
@@ -98,15 +116,24 @@ def run_demo(args, extra: list[str]) -> int:
 
 def print_summary(results: dict) -> None:
     from .metrics import wilson_interval
-    print("\nmethod        | new-task acc (reworded)   | retention                 | drift KL | train s")
-    print("--------------|---------------------------|---------------------------|----------|--------")
+    print("\nmethod        | new-task acc (reworded)  | training phrasing        | retention                "
+          "| drift KL | train s")
+    print("--------------|--------------------------|--------------------------|--------------------------"
+          "|----------|--------")
     base = results["runs"][0]
     n_t, n_r = base["matrix_n"][0][0], base["retention_n"]
 
     def fmt(acc, n):
+        if acc is None or not n:
+            return f"{'n/a':<25}"
         lo, hi = wilson_interval(round(acc * n), n)
-        return f"{acc:6.1%} [{lo:5.1%}, {hi:5.1%}]   "
-    print(f"{'base':<14}| {fmt(base['matrix'][0][0], n_t)}| {fmt(base['retention'][0], n_r)}| {0:8.4f} |")
+        return f"{f'{acc:6.1%} [{lo:5.1%}, {hi:6.1%}]':<25}"
+
+    def also(r, i):
+        rec = next(iter((r.get("also") or {}).values()), None)
+        return fmt(rec["accuracy"][i], rec["n"]) if rec else fmt(None, 0)
+    print(f"{'base':<14}| {fmt(base['matrix'][0][0], n_t)}| {also(base, 0)}| {fmt(base['retention'][0], n_r)}"
+          f"| {0:8.4f} |")
     for r in results["runs"]:
-        print(f"{r['method']:<14}| {fmt(r['matrix'][-1][0], n_t)}| {fmt(r['retention'][-1], n_r)}| "
-              f"{r['drift'][-1]:8.4f} | {sum(r.get('train_seconds', [0])):6.0f}")
+        print(f"{r['method']:<14}| {fmt(r['matrix'][-1][0], n_t)}| {also(r, -1)}| {fmt(r['retention'][-1], n_r)}"
+              f"| {r['drift'][-1]:8.4f} | {sum(r.get('train_seconds', [0])):6.0f}")

@@ -32,13 +32,16 @@ stage ``i >= 1`` is after training on ``tasks[i-1]`` (see
           "matrix_n": [[int] * T] * (S+1),         # optional: eval items behind each cell
           "retention":   [float|null] * (S+1),     # optional: retention score per stage
           "retention_n": int,                      # optional: items behind each retention value
-          "drift":       [float|null] * (S+1),     # optional: KL(policy || base) per stage, base = 0
+          "drift":       [float|null] * (S+1),     # optional: KL(base || tuned) per stage, base = 0
           "curves": [                              # optional: training curves
             {"stage": int, "step": int, "loss": float, ...}   # extra keys are ignored;
           ],                                                  # "global_step" is used if given
           "checkpoints": [                         # optional: evals during training
             {"stage": int, "step": int, "new_task_acc": float, "retention": float}
-          ]
+          ],
+          "also": {                                # optional: tasks evaluated but never trained on
+            label: {"accuracy": [float|null] * (S+1), "n": int}
+          }
         }, ...
       ],
       "probe": {                         # optional: teacher-vs-student probe on held-out items
@@ -692,6 +695,24 @@ def _build_blocks(results: Mapping[str, Any], out: Path) -> list[tuple]:
             items += [f"forgetting on {tasks[j]}: {_agg_cell(M.aggregate_seeds(fg[j]), signed=True)}"
                       for j in range(len(tasks) - 1)]
             b.append(("ul", items))
+
+    # ---- tasks evaluated but not trained on
+    labels = list(dict.fromkeys(k for rs in groups.values() for r in rs for k in (r.get("also") or {})))
+    if labels:
+        b.append(("h2", "Also evaluated (never trained on)"))
+        b.append(("p", "Accuracy before training (base) and after the final stage, 95% intervals."))
+        rows = []
+        for m, rs in groups.items():
+            for when, idx in (("base", 0), ("final", -1)):
+                if when == "base" and m != methods[0]:
+                    continue
+                cells = []
+                for k in labels:
+                    recs = [r["also"][k] for r in rs if k in (r.get("also") or {})]
+                    vals = [rec["accuracy"][idx] for rec in recs if rec["accuracy"]]
+                    cells.append(_prop_cell(vals, [rec["n"] for rec in recs][:len(vals)]) if vals else "n/a")
+                rows.append(["base" if when == "base" else m, *cells])
+        b.append(("table", ["model", *labels], rows))
 
     # ---- acquisition matched
     acq = _acquisition_rows(results, groups)

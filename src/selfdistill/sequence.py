@@ -48,11 +48,15 @@ def _machine() -> str:
 
 
 def evaluate_stage(model, tok, base_model, tasks, retention, limit: int, batch_size: int, drift: bool,
-                   drift_prompts: int = 0) -> dict:
+                   drift_prompts: int = 0, also_eval: dict | None = None) -> dict:
+    """Accuracy on every task's test split, the retention suite, drift, and `also_eval` ({label: task}, tasks
+    evaluated but never trained on, e.g. the training phrasing of the knowledge questions)."""
     from .evaluate import DRIFT_PROMPTS, drift_kl, evaluate_task
     accs = {t.name: evaluate_task(model, tok, t, "test", limit, batch_size) for t in tasks}
     ret = evaluate_task(model, tok, retention, "test", 0, batch_size)
+    also = {k: evaluate_task(model, tok, t, "test", limit, batch_size) for k, t in (also_eval or {}).items()}
     return {"tasks": {k: {"accuracy": v["accuracy"], "n": v["n"], "ci95": v["ci95"]} for k, v in accs.items()},
+            "also": {k: {"accuracy": v["accuracy"], "n": v["n"], "ci95": v["ci95"]} for k, v in also.items()},
             "retention": {"accuracy": ret["accuracy"], "n": ret["n"], "ci95": ret["ci95"]},
             "drift": drift_kl(base_model, model, tok, DRIFT_PROMPTS[:drift_prompts or None]) if (drift and base_model is not model) else 0.0,
             "items": {k: v.get("items", [])[:50] for k, v in accs.items()}}
@@ -63,8 +67,12 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
                  eval_limit: int = 0, batch_size: int = 16, task_kwargs: dict | None = None,
                  retention_kwargs: dict | None = None, probe: dict | None = None, title: str | None = None,
                  notes: list[str] | None = None, model=None, tokenizer=None, write_report: bool = True,
-                 drift: bool = True, drift_prompts: int = 0, retention_items: str = "base_correct") -> dict:
-    """Run (or resume) the sequence and write results.json (+ CSVs and the report). Returns the results dict."""
+                 drift: bool = True, drift_prompts: int = 0, retention_items: str = "base_correct",
+                 also_eval: dict | None = None) -> dict:
+    """Run (or resume) the sequence and write results.json (+ CSVs and the report). Returns the results dict.
+
+    `also_eval` ({label: Task}): tasks evaluated at the base and after every stage but never trained on; they
+    appear in results as `also` and in the report's "Also evaluated" table."""
     from .models import load_model
     from .tasks import get_task
 
@@ -88,7 +96,8 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
     if base_path.exists():
         base_eval = json.loads(base_path.read_text())
     else:
-        base_eval = evaluate_stage(base_model, tokenizer, base_model, tasks, retention, eval_limit, batch_size, False)
+        base_eval = evaluate_stage(base_model, tokenizer, base_model, tasks, retention, eval_limit, batch_size, False,
+                                   also_eval=also_eval)
         base_path.write_text(json.dumps(base_eval, indent=1))
     runs = []
     for spec in methods:
@@ -130,7 +139,7 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
                                      f"command to resume from its checkpoint")
                 current = res.model
                 ev = evaluate_stage(current, tokenizer, base_model, tasks, retention, eval_limit, batch_size, drift,
-                                    drift_prompts)
+                                    drift_prompts, also_eval)
                 curves = [{"stage": i, "step": m["step"], "loss": m.get("loss"),
                            **{k: m[k] for k in ("forward_kl", "reverse_kl", "jsd", "sft_nll", "completion_len")
                               if k in m}} for m in res.metrics]
@@ -190,6 +199,8 @@ def _run_record(spec: str, seed: int, task_names: list[str], base_eval: dict, pr
         "curves": [c for s in prog["stages"] for c in s["curves"]],
         "checkpoints": prog["checkpoints"],
         "train_seconds": [s["train_seconds"] for s in prog["stages"]],
+        "also": {k: {"accuracy": [e.get("also", {}).get(k, {}).get("accuracy") for e in evals], "n": v["n"]}
+                 for k, v in base_eval.get("also", {}).items()},
     }
 
 

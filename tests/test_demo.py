@@ -1,0 +1,31 @@
+"""`selfdistill demo --quick` end to end on a tiny random model saved to disk: probe, three methods, the
+training-phrasing evaluation, results and report files."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import build_tiny_model
+from selfdistill.cli import main
+from selfdistill.demo import DEMO_METHODS
+
+
+def test_demo_quick_end_to_end(tiny_tok, tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    build_tiny_model(tiny_tok).save_pretrained(model_dir)
+    tiny_tok.save_pretrained(model_dir)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(model_dir), "--output", str(out), "--quick", "--train.bf16", "false"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in res["runs"]] == DEMO_METHODS
+    for r in res["runs"]:
+        assert len(r["matrix"]) == 2 and r["retention_n"] > 0
+        also = r["also"]["knowledge, training phrasing"]
+        assert also["n"] == 8 and len(also["accuracy"]) == 2
+        assert [c["step"] for c in r["checkpoints"]] == [1, 2]
+    assert "probe" in res and res["probe"]["n"] == 8
+    assert any("paper_no_thinking" in n for n in res["notes"])
+    text = (out / "report.md").read_text()
+    assert "Also evaluated (never trained on)" in text and (out / "report.html").is_file()
+    printed = capsys.readouterr().out
+    assert "training phrasing" in printed and str(out / "report.html") in printed
