@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/demo")
     _common_model(p)
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods instead of the demo's (sdft,sft@lr=1e-4,sft@lr=2e-5), e.g. "
+                        "'sdft@template=paper,sft@lr=3e-4' for an ablation at the demo's settings")
 
     p = sub.add_parser("env", help="versions, device, threads, cache paths, default-model status")
     _common_model(p)

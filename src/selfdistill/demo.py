@@ -103,7 +103,8 @@ def run_demo(args, extra: list[str]) -> int:
     notes = [f"Teacher template: {name or repr(cfg.context.teacher_template)}; bf16 autocast: {cfg.train.bf16}",
              *DEMO_SETTINGS_WHY]
     also = {"knowledge, training phrasing": get_task(DEMO_TASK, n_train=n_facts, test_phrasing="train")}
-    results = run_sequence([DEMO_TASK], DEMO_METHODS, [0], out, model_name=args.model, cfg=cfg,
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else DEMO_METHODS
+    results = run_sequence([DEMO_TASK], methods, [0], out, model_name=args.model, cfg=cfg,
                            eval_every=eval_every, task_kwargs={DEMO_TASK: {"n_train": n_facts}},
                            probe=probe_summary, notes=notes, model=model, tokenizer=tok, also_eval=also,
                            title="selfdistill demo: SDFT vs SFT on ISO 4217 codes (SmolLM2-135M-Instruct)")
