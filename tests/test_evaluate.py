@@ -322,3 +322,13 @@ def test_knowledge_eval_and_probe_on_the_default_model():
     p = ev.probe(model, tok, task, ContextConfig(), limit=8, batch_size=8)
     assert p["n"] == 8 and p["kl_teacher_student"] >= 0 and p["verdict"]
     print(ev.format_probe(p))
+
+
+def test_probe_of_an_eval_only_task_is_a_one_line_error(tiny_tok, varied, monkeypatch, capsys):
+    import selfdistill.models as models
+    from selfdistill.cli import main
+    monkeypatch.setattr(models, "load_model",
+                        lambda name, **kw: (varied, tiny_tok, types.SimpleNamespace(name=name, path="mem")))
+    assert main(["probe", "--task", "retention"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'retention' has no training items" in err[0] and "knowledge" in err[0]

@@ -38,7 +38,7 @@ import torch
 
 from .config import ContextConfig
 from .contexts import render_prompt_ids, teacher_messages
-from .data import Example
+from .data import DataError, Example
 from .metrics import wilson_interval
 from .train import completion_logits, cut_at_eos, pack
 
@@ -391,7 +391,8 @@ def probe(model, tokenizer, task_or_examples, ctx: ContextConfig | None = None, 
         scorer = scorer or task.score
         mnt = max_new_tokens or task.max_new_tokens
     if not examples:
-        raise ValueError(f"probe: {name} has no train items (with demonstrations) to probe")
+        raise DataError(f"probe: task {name!r} has no training items with demonstrations (an evaluation-only "
+                        f"suite); probe a task that has them, e.g. knowledge or tooluse, or pass --data")
     if limit and limit > 0:
         examples = examples[:limit]
     s_ids = [render_prompt_ids(tokenizer, ex.prompt) for ex in examples]
