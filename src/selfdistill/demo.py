@@ -117,9 +117,10 @@ def run_demo(args, extra: list[str]) -> int:
 
 def print_summary(results: dict) -> None:
     from .metrics import wilson_interval
-    print("\nmethod        | new-task acc (reworded)  | training phrasing        | retention                "
+    w = max([14] + [len(r["method"]) + 1 for r in results["runs"]])
+    print(f"\n{'method':<{w}}| new-task acc (reworded)  | training phrasing        | retention                "
           "| drift KL | train s")
-    print("--------------|--------------------------|--------------------------|--------------------------"
+    print(f"{'-' * w}|--------------------------|--------------------------|--------------------------"
           "|----------|--------")
     base = results["runs"][0]
     n_t, n_r = base["matrix_n"][0][0], base["retention_n"]
@@ -133,8 +134,8 @@ def print_summary(results: dict) -> None:
     def also(r, i):
         rec = next(iter((r.get("also") or {}).values()), None)
         return fmt(rec["accuracy"][i], rec["n"]) if rec else fmt(None, 0)
-    print(f"{'base':<14}| {fmt(base['matrix'][0][0], n_t)}| {also(base, 0)}| {fmt(base['retention'][0], n_r)}"
+    print(f"{'base':<{w}}| {fmt(base['matrix'][0][0], n_t)}| {also(base, 0)}| {fmt(base['retention'][0], n_r)}"
           f"| {0:8.4f} |")
     for r in results["runs"]:
-        print(f"{r['method']:<14}| {fmt(r['matrix'][-1][0], n_t)}| {also(r, -1)}| {fmt(r['retention'][-1], n_r)}"
+        print(f"{r['method']:<{w}}| {fmt(r['matrix'][-1][0], n_t)}| {also(r, -1)}| {fmt(r['retention'][-1], n_r)}"
               f"| {r['drift'][-1]:8.4f} | {sum(r.get('train_seconds', [0])):6.0f}")
