@@ -168,17 +168,39 @@ def child_trl(a) -> dict:
     ends: list[float] = []
     peak: list[float] = []
     lens: list[float] = []
+    # Per-phase time of TRL's step, by wrapping its own methods: `_generate` (rollouts) and `_forward_logits`
+    # when called under no_grad (the teacher forward); the rest of the step is student fwd + loss + bwd,
+    # optimizer, EMA sync and the Trainer's bookkeeping.
+    cur = {"generate": 0.0, "teacher": 0.0}
+    per_step: dict[str, list[float]] = {"generate": [], "teacher": []}
+
+    def timed(fn, key, only_no_grad=False):
+        def wrapper(*args, **kw):
+            if only_no_grad and torch.is_grad_enabled():
+                return fn(*args, **kw)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                cur[key] += time.perf_counter() - t0
+        return wrapper
+    trainer._generate = timed(trainer._generate, "generate")
+    trainer._forward_logits = timed(trainer._forward_logits, "teacher", only_no_grad=True)
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             ends.append(time.perf_counter())
             peak.append(rss_mb())
             lens.append(trainer._metrics["train"]["completions/mean_length"][-1] * a.prompts)
+            for k in cur:
+                per_step[k].append(cur[k])
+                cur[k] = 0.0
 
     trainer.add_callback(Clock())  # last in the list: after the EMA teacher sync
     trainer.train()
     return {"step_times": [e - s for s, e in zip(ends, ends[1:])], "peak_rss_mb": peak[-1],
-            "tokens_per_step": lens[1:], "threads": torch.get_num_threads(), "optim": str(args.optim)}
+            "tokens_per_step": lens[1:], "threads": torch.get_num_threads(), "optim": str(args.optim),
+            "phases": {k: v[1:] for k, v in per_step.items()}}
 
 
 def child_loss(a) -> dict:
@@ -345,6 +367,17 @@ def main() -> None:
         print(f"{label:36s}: {med[k]:6.2f}  ({100 * med[k] / total:4.1f} %)")
     print(f"{'other (step - the above)':36s}: {rest:6.2f}  ({100 * rest / total:4.1f} %)")
     print(f"{'step (time_step_s)':36s}: {total:6.2f}")
+
+    print("\n== per-phase time of TRL's step (s, median over measured steps of all runs; wrapped methods) ==")
+    tg = statistics.median(x for r in trls for x in r["phases"]["generate"])
+    tt = statistics.median(x for r in trls for x in r["phases"]["teacher"])
+    tstep = statistics.median(x for r in trls for x in r["step_times"])
+    for label, v, o in (("generate (_generate)", tg, med["generate"]),
+                        ("teacher forward (no-grad _forward_logits)", tt, med["teacher"]),
+                        ("rest: student, loss, optimizer, EMA, other", tstep - tg - tt,
+                         total - med["generate"] - med["teacher"]),
+                        ("step", tstep, total)):
+        print(f"{label:44s}: TRL {v:6.2f}   ours {o:6.2f}   ours/TRL {o / v:5.2f}")
 
     print("\n== ours SDFT vs ours SFT (same prompts, demos of max_new_tokens tokens) ==")
     print(f"SFT steps/s           : {stats([sps(r) for r in sfts])}")

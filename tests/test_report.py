@@ -72,7 +72,7 @@ def _results(tasks: int = 2, seeds: dict | None = None) -> dict:
         "tasks": names,
         "retention_name": "retention (avg of held-out benchmarks)",
         "runs": [_run(m, s, rng, tasks) for m, ss in seeds.items() for s in ss],
-        "probe": {"student_acc": 0.41, "teacher_acc": 0.78, "n": 100, "mean_kl": 0.0123},
+        "probe": {"student_acc": 0.41, "teacher_acc": 0.78, "n": 100, "kl_teacher_student": 0.0123},
         "notes": ["synthetic data for tests | with a pipe"],
     }
 
@@ -107,6 +107,7 @@ def test_markdown_content(report_dir):
     assert "tiny-test-model" in md and "CPU (test)" in md and "2026-01-01" in md
     assert "sdft: 3 seeds (0, 1, 2)" in md and "dft: 1 seed (0)" in md
     assert "Probe" in md and "0.410 [" in md and "0.780 [" in md
+    assert "mean per-token KL(teacher ‖ student) on the student's rollouts: 0.0123" in md
     assert "BWT" in md and "forgetting on science_qa" in md
     assert "Retention at equal new-task accuracy" in md and "A=sdft, B=sft" in md
     assert "- synthetic data for tests | with a pipe" in md

@@ -41,6 +41,12 @@ def test_two_stage_sequence_resumes_between_stages(tiny_tok, tmp_path, monkeypat
     assert len(r["matrix"]) == 3 and len(r["matrix"][0]) == 2  # base + 2 stages, 2 tasks
     assert r["drift"][0] == 0.0 and r["drift"][2] > 0
     assert {c["stage"] for c in r["checkpoints"]} == {1, 2}
+    assert sorted((c["stage"], c["step"]) for c in r["checkpoints"]) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for c in r["checkpoints"]:  # the last checkpoint of a stage is that stage's evaluation, not run twice
+        if c["step"] == 2:
+            stage = c["stage"]
+            assert c["new_task_acc"] == r["matrix"][stage][stage - 1]
+            assert c["retention"] == r["retention"][stage]
     assert (tmp_path / "full" / "results.json").exists() and (tmp_path / "full" / "summary.csv").exists()
 
     orig = tr.train

@@ -98,7 +98,7 @@ def run_demo(args, extra: list[str]) -> int:
         probe_path.write_text(json.dumps(pr, indent=1, default=str))
     print(format_probe(pr))
     probe_summary = {"student_acc": pr["student"]["accuracy"], "teacher_acc": pr["teacher"]["accuracy"],
-                     "n": pr["n"], "mean_kl": pr["kl_teacher_student"], "verdict": pr["verdict"]}
+                     "n": pr["n"], "kl_teacher_student": pr["kl_teacher_student"], "verdict": pr["verdict"]}
     name = next((k for k, v in TEACHER_TEMPLATES.items() if v == cfg.context.teacher_template), None)
     notes = [f"Teacher template: {name or repr(cfg.context.teacher_template)}; bf16 autocast: {cfg.train.bf16}",
              *DEMO_SETTINGS_WHY]

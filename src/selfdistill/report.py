@@ -45,7 +45,7 @@ stage ``i >= 1`` is after training on ``tasks[i-1]`` (see
         }, ...
       ],
       "probe": {                         # optional: teacher-vs-student probe on held-out items
-        "student_acc": float, "teacher_acc": float, "n": int, "mean_kl": float
+        "student_acc": float, "teacher_acc": float, "n": int, "kl_teacher_student": float
       },                                 #   (also accepted: student_n / teacher_n)
       "notes": [str, ...]                # optional: free text, printed verbatim
     }
@@ -616,10 +616,11 @@ def _build_blocks(results: Mapping[str, Any], out: Path) -> list[tuple]:
             rows.append([label, _prop_cell([v], [nn]), "n/a" if nn is None else str(nn)])
         b.append(("table", ["model", "accuracy [95% Wilson]", "items"], rows))
         extra = []
-        if probe.get("mean_kl") is not None:
-            extra.append(f"mean per-token KL(student ‖ teacher): {float(probe['mean_kl']):.4g}")
+        if probe.get("kl_teacher_student") is not None:
+            kl = float(probe["kl_teacher_student"])
+            extra.append(f"mean per-token KL(teacher ‖ student) on the student's rollouts: {kl:.4g}")
         for k, v in probe.items():
-            if k not in ("student_acc", "teacher_acc", "n", "mean_kl", "student_n", "teacher_n"):
+            if k not in ("student_acc", "teacher_acc", "n", "kl_teacher_student", "student_n", "teacher_n"):
                 extra.append(f"{k}: {v}")
         if extra:
             b.append(("ul", extra))

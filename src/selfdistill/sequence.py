@@ -121,7 +121,11 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
                 resume = (stage_dir / "checkpoints").exists()
                 ckpts: list[dict] = []
 
+                last_step = stage_cfg.train.max_steps
+
                 def on_step(step, m, _task=task, _i=i):
+                    if step == last_step:  # the end-of-stage evaluation below is this checkpoint's: not twice
+                        return None
                     r = evaluate_stage(m, tokenizer, base_model, [_task], retention, eval_limit, batch_size, False)
                     rec = {"stage": _i, "step": step, "new_task_acc": r["tasks"][_task.name]["accuracy"],
                            "retention": r["retention"]["accuracy"]}
@@ -140,6 +144,9 @@ def run_sequence(task_names: list[str], methods: list[str], seeds: int | list[in
                 current = res.model
                 ev = evaluate_stage(current, tokenizer, base_model, tasks, retention, eval_limit, batch_size, drift,
                                     drift_prompts, also_eval)
+                if eval_every:  # the last checkpoint is the trained model: its numbers are the stage's evaluation
+                    ckpts.append({"stage": i, "step": last_step, "new_task_acc": ev["tasks"][task.name]["accuracy"],
+                                  "retention": ev["retention"]["accuracy"]})
                 curves = [{"stage": i, "step": m["step"], "loss": m.get("loss"),
                            **{k: m[k] for k in ("forward_kl", "reverse_kl", "jsd", "sft_nll", "completion_len")
                               if k in m}} for m in res.metrics]
