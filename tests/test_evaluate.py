@@ -125,6 +125,24 @@ def test_choice_logliks_equal_manual_log_softmax_sums(tiny_tok, varied):
                                                  + [tok.eos_token_id]), abs=1e-4)
 
 
+def test_shared_prompt_logliks_equal_one_sequence_per_pair(tiny_tok, varied):
+    # uneven choice counts and lengths, prompts of different lengths, a batch size that splits the items
+    tok = tiny_tok
+    prompts = [render_prompt_ids(tok, msgs(q)) for q in ("Capital of France?", "12 + 7 =", "Name a colour of the sky "
+                                                         "on a clear day, please, in one word.")]
+    choices = [[tok("Paris", add_special_tokens=False)["input_ids"], [5], [7, 8, 9, 10, 11]],
+               [[42]],
+               [[3, 4], [4, 3], [12, 13, 14], [15]]]
+    got = ev.shared_prompt_logliks(varied, tok, prompts, choices, batch_size=2)
+    flat_p = [p for p, cs in zip(prompts, choices) for _ in cs]
+    want = ev.sequence_logliks(varied, tok, flat_p, [c for cs in choices for c in cs], batch_size=3)
+    assert [len(r) for r in got] == [3, 1, 4]
+    assert [v for r in got for v in r] == pytest.approx(want, abs=1e-4)
+    assert len(set(round(v, 3) for v in want)) == len(want)  # non-trivial: every pair scores differently
+    with pytest.raises(ValueError, match="at least one token"):
+        ev.shared_prompt_logliks(varied, tok, prompts[:1], [[[]]])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # evaluate_task
 

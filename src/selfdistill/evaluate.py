@@ -180,7 +180,7 @@ def sequence_logliks(model, tokenizer, prompt_ids: list[list[int]], completions:
     order = sorted(range(n), key=lambda i: -(len(prompt_ids[i]) + len(completions[i])))
     out = [0.0] * n
     bs = max(1, int(batch_size))
-    with _eval_mode(model):
+    with _eval_mode(model), torch.inference_mode():
         for s in range(0, n, bs):
             idx = order[s:s + bs]
             batch = pack([prompt_ids[i] for i in idx], [completions[i] for i in idx], pad, device)
@@ -213,19 +213,68 @@ def choice_logliks(model, tokenizer, prompts: list[list[dict]], choices_list: li
     """
     if len(prompts) != len(choices_list):
         raise ValueError(f"{len(prompts)} prompts for {len(choices_list)} choice lists")
-    flat_p, flat_c, shape = [], [], []
-    for msgs, choices in zip(prompts, choices_list):
-        p = render_prompt_ids(tokenizer, msgs)
-        shape.append(len(choices))
+    prompt_ids = [render_prompt_ids(tokenizer, msgs) for msgs in prompts]
+    choice_tokens = []
+    for choices in choices_list:
         eos = _has_prefix_pair(choices) if include_eos is None else bool(include_eos)
-        for c in choices:
-            flat_p.append(p)
-            flat_c.append(choice_ids(tokenizer, c, eos))
-    flat = sequence_logliks(model, tokenizer, flat_p, flat_c, batch_size, normalize)
-    out, k = [], 0
-    for m in shape:
-        out.append(flat[k:k + m])
-        k += m
+        choice_tokens.append([choice_ids(tokenizer, c, eos) for c in choices])
+    out = shared_prompt_logliks(model, tokenizer, prompt_ids, choice_tokens, batch_size)
+    if normalize:
+        out = [[v / max(len(c), 1) for v, c in zip(row, cs)] for row, cs in zip(out, choice_tokens)]
+    return out
+
+
+def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices: list[list[list[int]]],
+                          batch_size: int = 16) -> list[list[float]]:
+    """Summed log p(choice tokens | prompt) for several choices per prompt, the prompt run once per item.
+
+    Equal to :func:`sequence_logliks` on every (prompt, choice) pair (tested), about #choices times cheaper: the
+    prompts of `batch_size` items go through the model once (left-padded, KV cache kept), the cache is repeated
+    per choice, and only the choice tokens are run on top of it.
+    """
+    if len(prompt_ids) != len(choices):
+        raise ValueError(f"{len(prompt_ids)} prompts for {len(choices)} choice lists")
+    if any(len(c) == 0 for cs in choices for c in cs):
+        raise ValueError("every choice needs at least one token")
+    device = _device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[list[float]] = [[] for _ in prompt_ids]
+    bs = max(1, int(batch_size))
+    with _eval_mode(model), torch.inference_mode():
+        for s in range(0, len(prompt_ids), bs):
+            items = list(range(s, min(s + bs, len(prompt_ids))))
+            pb = pack([prompt_ids[i] for i in items], [[]] * len(items), pad, device)
+            L = pb.input_ids_BL.shape[1] - 1  # pack adds one empty completion column
+            att_BL = pb.attention_mask_BL[:, :L]
+            first = model(input_ids=pb.input_ids_BL[:, :L], attention_mask=att_BL,
+                          position_ids=pb.position_ids_BL[:, :L], use_cache=True, logits_to_keep=1)
+            first_logp_BV = first.logits[:, -1].float().log_softmax(-1)
+            row_C = [r for r, i in enumerate(items) for _ in choices[i]]
+            comps = [c for i in items for c in choices[i]]
+            idx_C = torch.tensor(row_C, device=device)
+            cache = first.cache
+            cache.batch_select_indices(idx_C)  # one copy of its prompt's cache per choice
+            T = max(len(c) for c in comps)
+            ids_CT = torch.full((len(comps), T), pad, dtype=torch.long)
+            mask_CT = torch.zeros((len(comps), T))
+            for k, c in enumerate(comps):
+                ids_CT[k, :len(c)] = torch.tensor(c)
+                mask_CT[k, :len(c)] = 1
+            ids_CT, mask_CT = ids_CT.to(device), mask_CT.to(device)
+            sums_C = first_logp_BV[idx_C].gather(-1, ids_CT[:, :1]).squeeze(-1)  # first choice token
+            if T > 1:
+                att_CL = torch.cat([att_BL[idx_C], torch.ones((len(comps), T - 1), dtype=att_BL.dtype,
+                                                                device=device)], 1)
+                pos_CT = att_BL[idx_C].sum(-1, keepdim=True) + torch.arange(T - 1, device=device)
+                rest = model(input_ids=ids_CT[:, :-1], attention_mask=att_CL, position_ids=pos_CT,
+                             cache=cache, use_cache=True)
+                logp_CTV = rest.logits.float().log_softmax(-1)
+                tok_CT = logp_CTV.gather(-1, ids_CT[:, 1:].unsqueeze(-1)).squeeze(-1)
+                sums_C = sums_C + (tok_CT * mask_CT[:, 1:]).sum(-1)
+            k = 0
+            for i in items:
+                out[i] = [float(v) for v in sums_C[k:k + len(choices[i])]]
+                k += len(choices[i])
     return out
 
 
