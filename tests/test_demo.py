@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import build_tiny_model
 from selfdistill.cli import main
-from selfdistill.demo import DEMO_METHODS
+from selfdistill.demo import DEMO_METHODS, parse_seeds
 
 
 def test_demo_quick_end_to_end(tiny_tok, tmp_path, capsys):
@@ -29,3 +31,24 @@ def test_demo_quick_end_to_end(tiny_tok, tmp_path, capsys):
     assert "Also evaluated (never trained on)" in text and (out / "report.html").is_file()
     printed = capsys.readouterr().out
     assert "training phrasing" in printed and str(out / "report.html") in printed
+
+
+def test_demo_seeds_train_one_run_per_seed_and_label_rows(tiny_tok, tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    build_tiny_model(tiny_tok).save_pretrained(model_dir)
+    tiny_tok.save_pretrained(model_dir)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(model_dir), "--output", str(out), "--quick", "--methods", "sft",
+                 "--seeds", "0,1", "--train.bf16", "false"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in res["runs"]] == [("sft", 0), ("sft", 1)]
+    assert (out / "sft" / "seed1").is_dir()
+    printed = capsys.readouterr().out
+    assert "sft seed 0" in printed and "sft seed 1" in printed
+
+
+@pytest.mark.parametrize("bad", ["", "a,b", "1,1", "0;1"])
+def test_demo_seeds_rejects_bad_lists(bad):
+    with pytest.raises(SystemExit, match="--seeds"):
+        parse_seeds(bad)
+    assert parse_seeds("2, 0") == [2, 0]

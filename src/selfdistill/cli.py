@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None,
                    help="comma-separated methods instead of the demo's (sdft,sft@lr=1e-4,sft@lr=2e-5), e.g. "
                         "'sdft@template=paper,sft@lr=3e-4' for an ablation at the demo's settings")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated training seeds (default 0), e.g. '0,1,2' for seed-to-seed variance; "
+                        "each seed of each method is one more training run (~2.5-6 min each on 2 CPU cores)")
 
     p = sub.add_parser("env", help="versions, device, threads, cache paths, default-model status")
     _common_model(p)

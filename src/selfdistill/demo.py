@@ -104,7 +104,7 @@ def run_demo(args, extra: list[str]) -> int:
              *DEMO_SETTINGS_WHY]
     also = {"knowledge, training phrasing": get_task(DEMO_TASK, n_train=n_facts, test_phrasing="train")}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else DEMO_METHODS
-    results = run_sequence([DEMO_TASK], methods, [0], out, model_name=args.model, cfg=cfg,
+    results = run_sequence([DEMO_TASK], methods, parse_seeds(args.seeds), out, model_name=args.model, cfg=cfg,
                            eval_every=eval_every, task_kwargs={DEMO_TASK: {"n_train": n_facts}},
                            probe=probe_summary, notes=notes, model=model, tokenizer=tok, also_eval=also,
                            title="selfdistill demo: SDFT vs SFT on ISO 4217 codes (SmolLM2-135M-Instruct)")
@@ -115,9 +115,24 @@ def run_demo(args, extra: list[str]) -> int:
     return 0
 
 
+def parse_seeds(text: str | None) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; a clear error for anything else."""
+    try:
+        seeds = [int(x) for x in ("0" if text is None else text).split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"selfdistill demo: --seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"selfdistill demo: --seeds must list distinct integers, got {text!r}")
+    return seeds
+
+
 def print_summary(results: dict) -> None:
     from .metrics import wilson_interval
-    w = max([14] + [len(r["method"]) + 1 for r in results["runs"]])
+    several = len({r.get("seed") for r in results["runs"]}) > 1
+
+    def label(r):
+        return f"{r['method']} seed {r.get('seed')}" if several else r["method"]
+    w = max([14] + [len(label(r)) + 1 for r in results["runs"]])
     print(f"\n{'method':<{w}}| new-task acc (reworded)  | training phrasing        | retention                "
           "| drift KL | train s")
     print(f"{'-' * w}|--------------------------|--------------------------|--------------------------"
@@ -137,5 +152,5 @@ def print_summary(results: dict) -> None:
     print(f"{'base':<{w}}| {fmt(base['matrix'][0][0], n_t)}| {also(base, 0)}| {fmt(base['retention'][0], n_r)}"
           f"| {0:8.4f} |")
     for r in results["runs"]:
-        print(f"{r['method']:<{w}}| {fmt(r['matrix'][-1][0], n_t)}| {also(r, -1)}| {fmt(r['retention'][-1], n_r)}"
+        print(f"{label(r):<{w}}| {fmt(r['matrix'][-1][0], n_t)}| {also(r, -1)}| {fmt(r['retention'][-1], n_r)}"
               f"| {r['drift'][-1]:8.4f} | {sum(r.get('train_seconds', [0])):6.0f}")
