@@ -233,3 +233,15 @@ def test_also_evaluated_table(tmp_path):
     base, sdft, sft = rows[-3:]
     assert base.startswith("| base | 0.000") and sdft.startswith("| sdft | 0.500") and sft.startswith("| sft | 1.000")
     assert "[0.336, 0.664]" in sdft  # Wilson 95% of 16/32: 0.5 ± 1.96·sqrt(1/128 + 1.96²/4096) / (1 + 1.96²/32)
+
+
+def test_accuracy_t_interval_over_seeds_is_clipped_to_unit_range():
+    from selfdistill.metrics import aggregate_seeds
+    from selfdistill.report import _prop_estimate
+    vals = [0.094, 0.188, 0.406]  # three seeds whose raw t-interval dips below 0
+    raw = aggregate_seeds(vals)
+    assert raw["low"] < 0
+    mean, lo, hi, kind = _prop_estimate(vals, [32, 32, 32])
+    assert kind == "t" and mean == pytest.approx(raw["mean"]) and lo == 0.0 and hi == pytest.approx(raw["high"])
+    mean, lo, hi, _ = _prop_estimate([1.0, 0.9, 0.6], [32, 32, 32])
+    assert hi == 1.0 and lo == pytest.approx(aggregate_seeds([1.0, 0.9, 0.6])["low"])

@@ -191,8 +191,8 @@ def _prop_estimate(values: Sequence[Any], ns: Sequence[Any]) -> tuple[float, flo
     good = [(v, n) for v, n in zip(vals, ns) if not math.isnan(v)]
     if len(good) >= 2:
         a = M.aggregate_seeds([v for v, _ in good])
-        if a["sd"] > 0 or any(n is None for _, n in good):
-            return a["mean"], a["low"], a["high"], "t"
+        if a["sd"] > 0 or any(n is None for _, n in good):  # a proportion: the t-interval is clipped to [0, 1]
+            return a["mean"], max(0.0, a["low"]), min(1.0, a["high"]), "t"
         # identical across seeds (e.g. the shared base model): a zero-width t-interval
         # would hide the item-sampling uncertainty, so fall back to Wilson.
     if len(good) >= 1:
@@ -592,7 +592,7 @@ def _build_blocks(results: Mapping[str, Any], out: Path) -> list[tuple]:
     min_seeds = min(len(rs) for rs in groups.values())
     b.append(("p", "How to read the numbers: every interval is 95%. "
               "Where a method has several seeds, the interval is a Student-t interval over "
-              "the per-seed values (n−1 degrees of freedom). Where it has one seed (or all seeds "
+              "the per-seed values (n−1 degrees of freedom; for accuracies clipped to [0, 1]). Where it has one seed (or all seeds "
               "give the identical value, e.g. the shared base model), accuracy intervals "
               "(marked ᵂ) are Wilson score intervals from the number of evaluation items; they "
               "cover item sampling only, not run-to-run training variance, and "
