@@ -69,6 +69,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -179,6 +180,11 @@ def _ci(mean: Any, low: Any, high: Any, signed: bool = False) -> str:
 
 def _nanfloat(v: Any) -> float:
     return float("nan") if v is None else float(v)
+
+
+def _wrap_to(fig, title: str) -> str:
+    """Wrap a 9-pt figure title to the figure's width (about 13 characters per inch) so it is never cut off."""
+    return textwrap.fill(title, width=max(40, int(fig.get_figwidth() * 13)))
 
 
 def _prop_estimate(values: Sequence[Any], ns: Sequence[Any]) -> tuple[float, float, float, str]:
@@ -410,7 +416,7 @@ def _plot_tradeoff(results, groups, out: Path, ret_name: str) -> Path | None:
     ttl = "New-task accuracy vs. retention: one marker per method/seed at the end of each stage"
     if has_ckpt:
         ttl += "; thin lines = checkpoint trajectories within the stage"
-    fig.suptitle(ttl + " (bars: Wilson 95%)", fontsize=9)
+    fig.suptitle(_wrap_to(fig, ttl + " (bars: Wilson 95%)"), fontsize=9)
     return _save(fig, out / "fig_tradeoff.png")
 
 
@@ -454,8 +460,8 @@ def _plot_curves(results, groups, out: Path) -> Path | None:
         ax.set_ylabel("loss (method's own objective)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Training curves (losses of different methods are different objectives; "
-                 "compare shapes, not levels)", fontsize=9)
+    fig.suptitle(_wrap_to(fig, "Training curves (losses of different methods are different objectives; "
+                          "compare shapes, not levels)"), fontsize=9)
     return _save(fig, out / "fig_training_curves.png")
 
 
