@@ -12,10 +12,15 @@ from selfdistill.cli import main
 from selfdistill.demo import DEMO_METHODS, parse_seeds
 
 
-def test_demo_quick_end_to_end(tiny_tok, tmp_path, capsys):
-    model_dir = tmp_path / "tiny"
-    build_tiny_model(tiny_tok).save_pretrained(model_dir)
-    tiny_tok.save_pretrained(model_dir)
+@pytest.fixture
+def model_dir(tiny_tok, tmp_path):
+    d = tmp_path / "tiny"
+    build_tiny_model(tiny_tok).save_pretrained(d)
+    tiny_tok.save_pretrained(d)
+    return d
+
+
+def test_demo_quick_end_to_end(model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(model_dir), "--output", str(out), "--quick", "--train.bf16", "false"]) == 0
     res = json.loads((out / "results.json").read_text())
@@ -33,10 +38,7 @@ def test_demo_quick_end_to_end(tiny_tok, tmp_path, capsys):
     assert "training phrasing" in printed and str(out / "report.html") in printed
 
 
-def test_demo_seeds_train_one_run_per_seed_and_label_rows(tiny_tok, tmp_path, capsys):
-    model_dir = tmp_path / "tiny"
-    build_tiny_model(tiny_tok).save_pretrained(model_dir)
-    tiny_tok.save_pretrained(model_dir)
+def test_demo_seeds_train_one_run_per_seed_and_label_rows(model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(model_dir), "--output", str(out), "--quick", "--methods", "sft",
                  "--seeds", "0,1", "--train.bf16", "false"]) == 0

@@ -40,8 +40,9 @@ DEMO_SETTINGS_WHY = [
     f"{DEMO_FACTS} facts, 40 steps of 8 prompts, 32 new tokens, cosine decay after 4 warm-up steps: the budget that "
     "fits 20 minutes on 2 CPU cores. The paper's lr grid (5e-6..5e-5) moves a 135M model too little in 40 steps.",
     "SDFT lr 3e-4: measured on 2026-11-28 (this template, bf16, same budget) 1e-4 reached 3% on reworded questions "
-    "(47% in the training phrasing), 3e-4 reached 53% (53%) in that run; three seeds on another machine gave 9%, 19% and 41%. SFT is run at 1e-4 and 2e-5, because a fair "
-    "comparison is against a tuned SFT (the paper swept both): 1e-4 learns everything, 2e-5 barely learns.",
+    "(47% in the training phrasing), 3e-4 reached 53% (53%) in that run; three seeds on another machine gave 9%, "
+    "19% and 41%. SFT is run at 1e-4 and 2e-5, because a fair comparison is against a tuned SFT (the paper swept "
+    "both): 1e-4 learns everything, 2e-5 barely learns.",
     "Teacher template paper_no_thinking: the paper's, without ', including the thinking process'. With the full "
     "sentence this 135M teacher opens with a reasoning preamble that the student learns within 10 steps, and SDFT "
     "learned nothing (0% on reworded questions at lr 1e-4, README). The source fact comes before the question.",

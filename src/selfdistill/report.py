@@ -598,10 +598,10 @@ def _build_blocks(results: Mapping[str, Any], out: Path) -> list[tuple]:
     min_seeds = min(len(rs) for rs in groups.values())
     b.append(("p", "How to read the numbers: every interval is 95%. "
               "Where a method has several seeds, the interval is a Student-t interval over "
-              "the per-seed values (n−1 degrees of freedom; for accuracies clipped to [0, 1]). Where it has one seed (or all seeds "
-              "give the identical value, e.g. the shared base model), accuracy intervals "
-              "(marked ᵂ) are Wilson score intervals from the number of evaluation items; they "
-              "cover item sampling only, not run-to-run training variance, and "
+              "the per-seed values (n−1 degrees of freedom; for accuracies clipped to [0, 1]). "
+              "Where it has one seed (or all seeds give the identical value, e.g. the shared base "
+              "model), accuracy intervals (marked ᵂ) are Wilson score intervals from the number of "
+              "evaluation items; they cover item sampling only, not run-to-run training variance, and "
               "derived quantities (changes, BWT, forgetting) get no interval. "
               "'n/a' = not measured or not defined."))
     if min_seeds == 1:
