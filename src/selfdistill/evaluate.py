@@ -158,6 +158,17 @@ def choice_logliks(model, tokenizer, prompts: list[list[dict]], choices_list: li
     return out
 
 
+def _cache_key(model) -> str:
+    """The KV-cache argument/output name: `cache` from transformers 5.20 on, `past_key_values` before (the
+    vLLM extra pins transformers 5.19)."""
+    import inspect
+
+    from .generation import hf_module
+
+    forward = type(hf_module(model)).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices: list[list[list[int]]],
                           batch_size: int = 16) -> list[list[float]]:
     """Summed log p(choice tokens | prompt) for several choices per prompt, the prompt run once per item.
@@ -186,7 +197,8 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
             row_C = [r for r, i in enumerate(items) for _ in choices[i]]
             comps = [c for i in items for c in choices[i]]
             idx_C = torch.tensor(row_C, device=device)
-            cache = first.cache
+            cache_key = _cache_key(model)
+            cache = getattr(first, cache_key)
             cache.batch_select_indices(idx_C)  # one copy of its prompt's cache per choice
             T = max(len(c) for c in comps)
             ids_CT = torch.full((len(comps), T), pad, dtype=torch.long)
@@ -201,7 +213,7 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
                                                                 device=device)], 1)
                 pos_CT = att_BL[idx_C].sum(-1, keepdim=True) + torch.arange(T - 1, device=device)
                 rest = model(input_ids=ids_CT[:, :-1], attention_mask=att_CL, position_ids=pos_CT,
-                             cache=cache, use_cache=True)
+                             use_cache=True, **{cache_key: cache})
                 logp_CTV = rest.logits.float().log_softmax(-1)
                 tok_CT = logp_CTV.gather(-1, ids_CT[:, 1:].unsqueeze(-1)).squeeze(-1)
                 sums_C = sums_C + (tok_CT * mask_CT[:, 1:]).sum(-1)

