@@ -21,7 +21,7 @@ def examples(n=8):
 def run(args):
     torch.set_num_threads(1)
     tok = build_tiny_tokenizer()
-    model = build_tiny_model(tok, seed=0)
+    model = build_tiny_model(tok, seed=0, **args.get("model", {}))  # e.g. {"hidden": 128} for vLLM's CPU kernels
     cfg = load_config(overrides=args["overrides"])
     if args.get("die_in_save_after"):  # simulate a kill in the middle of writing a checkpoint
         import selfdistill.checkpoint as ck

@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write results (and per-item outputs) to this JSON file")
     p.add_argument("--data", help="a user data file for a task named `user`")
     p.add_argument("--scorer", default="exact", help="scorer for --data: exact | regex | function_call | multiple_choice")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="generation engine for generated answers: hf (transformers) or vllm (optional extra; README)")
 
     p = sub.add_parser("probe", help="before training: does the teacher (demonstration in context) beat the student?")
     _common_model(p)

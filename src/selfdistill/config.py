@@ -84,7 +84,7 @@ class LossConfig:
     topk_from: str = "teacher"  # teacher | student
     jsd_beta: float = 0.5  # JSD mixture weight on the student distribution
     skip_first_tokens: int = 3
-    importance_weights: bool = False  # truncated IS weights for rollouts from another engine
+    importance_weights: bool = False  # truncated IS weights for rollouts from another engine (on when rollout.engine=vllm, unless set)
     importance_cap: float = 2.0
     chunk_size: int = 256  # >0: memory-lean chunked full-vocab loss, positions per chunk; 0: unchunked; top_k: unused
 
@@ -277,6 +277,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             set_key(cfg, k, v)
     if deviations:
         cfg.deviations += list(deviations)
+    if cfg.rollout.engine == "vllm" and "loss.importance_weights" not in {**PRESETS[preset], **file_vals, **overrides}:
+        cfg.loss.importance_weights = True  # vLLM's numerics are not the trainer's: correct for it unless told
     validate(cfg)
     return cfg
 

@@ -258,7 +258,8 @@ def _select(task, split: str, limit: int) -> list[Example]:
     return items[:limit] if limit and limit > 0 else items
 
 
-def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, batch_size: int = 16) -> dict:
+def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, batch_size: int = 16,
+                  engine=None) -> dict:
     """Accuracy on `task`'s split with a Wilson 95% interval and per-item records.
 
     Returns {task, split, kind, scoring, n, correct, accuracy, ci95: [lo, hi], items: [{id, origin, prompt,
@@ -279,7 +280,8 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
         scoring = ("multiple choice: summed log-prob of the choice tokens as the reply (+ end-of-turn token when "
                    "a choice is a prefix of another); strict argmax, ties wrong")
     else:
-        outputs = generate_greedy(model, tokenizer, [ex.prompt for ex in items], task.max_new_tokens, batch_size)
+        outputs = generate_greedy(model, tokenizer, [ex.prompt for ex in items], task.max_new_tokens, batch_size,
+                                  engine=engine)
         for ex, o in zip(items, outputs):
             ok = bool(task.score(o, ex))
             records.append({"id": _item_id(ex), "origin": ex.origin, "prompt": _short(ex.prompt[-1]["content"]),
@@ -491,11 +493,16 @@ def run_eval_cli(args) -> int:
         own.append("user")
     task_objs = [resolve_task(n, args.data, args.scorer) for n in own]  # fail on a bad name before loading
     model, tok, info = load_model(args.model)
+    engine = None
+    if getattr(args, "engine", "hf") != "hf" and any(t.kind != "multiple_choice" for t in task_objs):  # generation tasks through vLLM (--engine vllm)
+        from .generation import make_engine
+        engine = make_engine(args.engine, model, tok, None, batch_size=args.batch_size)
     results: dict[str, Any] = {"model": info.name, "model_path": info.path, "split": args.split,
                                "limit": args.limit, "tasks": {}}
     rows = []
     for task in task_objs:
-        r = evaluate_task(model, tok, task, split=args.split, limit=args.limit, batch_size=args.batch_size)
+        r = evaluate_task(model, tok, task, split=args.split, limit=args.limit, batch_size=args.batch_size,
+                          engine=engine)
         results["tasks"][task.name] = r
         rows.append([task.name, str(r["n"]), f"{r['accuracy']:.3f}", _fmt_ci(r["ci95"])])
     if rows:

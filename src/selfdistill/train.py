@@ -109,7 +109,11 @@ def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[fl
     for b, lp in enumerate(sampler_lps):
         sampler_BT[b, :len(lp)] = torch.tensor(lp)
     mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens)
-    return losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT, cap=cfg.loss.importance_cap)
+    weights_B = losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT, cap=cfg.loss.importance_cap)
+    capped_BT = (train_lp_BT - sampler_BT >= math.log(cfg.loss.importance_cap)) & mask_BT.bool()
+    stats = {"is_weight_mean": float(weights_B.mean()),
+             "is_frac_capped": float(capped_BT.sum() / mask_BT.sum().clamp(min=1))}
+    return weights_B, stats
 
 
 def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: list[Encoded], cfg: Config,
@@ -136,8 +140,8 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     sb = pack(student_prompts, completions, tokenizer.pad_token_id, device)
     with amp():  # 3. the student scores them with gradient
         student_logits_BTV = tempered(completion_logits(model, sb), T)
-    weights_B = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
-        if cfg.loss.importance_weights else None
+    weights_B, is_stats = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
+        if cfg.loss.importance_weights else (None, {})
     loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
         student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT,
         divergence=cfg.loss.divergence, support=cfg.loss.support, top_k=cfg.loss.top_k,
@@ -147,6 +151,7 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     timings["generate"] += t1 - t0
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
+    metrics.update(is_stats)  # mean truncated importance weight, fraction of loss tokens at the cap
     metrics["completion_tokens"] = float(sb.completion_mask_BT.sum())
     metrics["completion_len"] = metrics["completion_tokens"] / len(completions)
     return loss, metrics, completions
