@@ -14,9 +14,12 @@ Settings, identical on both sides (see docs/performance.md):
   one rollout per prompt at temperature 1.0 (top_p 1, top_k 0), full-vocabulary forward KL(teacher || student),
   first 3 completion tokens out of the loss, EMA teacher with rate 0.01 synced every step, the paper's teacher
   prompt template, AdamW lr 5e-5, grad clip 1.0, no importance-sampling correction.
-  Completion length is FIXED by default: min_new_tokens = max_new_tokens on both sides (our model's
-  generation_config; TRL's generation_kwargs), so every step does the same work; --free-length turns it off.
+  Completion length is FIXED by default: exactly max_new_tokens on both sides (ours: no stop id, on either
+  engine; TRL: min_new_tokens in its generation_kwargs), so every step does the same work; --free-length turns
+  it off.
   Both use a fused AdamW (TRL's default adamw_torch_fused; ours torch.optim.AdamW(fused=True)).
+Engine column (--engines hf,vllm): our SDFT step with rollout.engine=vllm, one run at the same settings (vLLM's
+  in-process CPU engine, float32, enforce_eager; its start-up is in the process time, not in the step times).
 
 Step time = time between consecutive step-end callbacks (our train()'s on_step, TRL's on_step_end), so it
 includes everything each framework does per step; the first step of every run is a warm-up and excluded.
@@ -107,15 +110,16 @@ def child_ours(a) -> dict:
                 for r in recs]
     examples = [Example([{"role": "user", "content": r["prompt"]}], r["demonstration"], origin=f"bench:{i}")
                 for i, r in enumerate(recs)]
-    if not a.free_length:
-        model.generation_config.min_new_tokens = a.max_new_tokens
+    if not a.free_length:  # no stop id can be sampled: every rollout is max_new_tokens long, on either engine
+        import selfdistill.generation as generation  # (generation never reads the checkpoint's generation_config)
+        generation.stop_ids_for = lambda tokenizer, model=None: (-1,)
     cfg = load_config(preset="cpu", overrides={
         "train.method": a.child, "train.max_steps": 1000, "train.prompts_per_step": a.prompts,
         "train.micro_batch_size": a.prompts, "rollout.max_new_tokens": a.max_new_tokens,
         "rollout.num_rollouts": 1, "rollout.temperature": 1.0, "loss.divergence": "forward_kl",
         "loss.support": "full", "loss.skip_first_tokens": 3, "loss.chunk_size": a.chunk_size,
         "teacher.kind": "ema", "teacher.ema_rate": 0.01, "train.bf16": a.bf16, "log.progress": False,
-        "log.rollout_examples": 0})
+        "log.rollout_examples": 0, "rollout.engine": a.engine, "loss.importance_weights": False})
     ends: list[float] = []
     peak: list[float] = []
 
@@ -126,7 +130,7 @@ def child_ours(a) -> dict:
             raise _Done
         return {}
 
-    out = Path(a.workdir) / f"out-{a.child}"
+    out = Path(a.workdir) / f"out-{a.child}-{a.engine}"
     try:
         train(cfg, examples, model, tok, out, overwrite=True, on_step=on_step, eval_every=1)
     except _Done:
@@ -250,9 +254,9 @@ def child_loss(a) -> dict:
 # Parent
 
 
-def run_child(kind: str, a, workdir: str, **extra) -> dict:
+def run_child(kind: str, a, workdir: str, engine: str = "hf", **extra) -> dict:
     out = Path(workdir) / f"{kind}-{time.time_ns()}.json"
-    cmd = [sys.executable, __file__, "--child", kind, "--json", str(out), "--workdir", workdir,
+    cmd = [sys.executable, __file__, "--child", kind, "--json", str(out), "--workdir", workdir, "--engine", engine,
            "--steps", str(a.steps), "--max-new-tokens", str(a.max_new_tokens), "--prompts", str(a.prompts),
            "--loss-tokens", str(a.loss_tokens)]
     chunk = extra.get("chunk_size", a.chunk_size)
@@ -287,6 +291,9 @@ def main() -> None:
     ap.add_argument("--loss-tokens", type=int, default=256, help="completion tokens in the loss-memory part")
     ap.add_argument("--free-length", action="store_true", help="let completions stop at EOS (unequal work)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default fp32)")
+    ap.add_argument("--engines", default="hf,vllm",
+                    help="rollout engines for our SDFT step: hf (in the paired runs) and, one run each, the others")
+    ap.add_argument("--engine", default="hf", help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=["sdft", "sft", "trl", "loss"], help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -312,7 +319,7 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, trl {trl.__version__}")
     print(f"# settings: SmolLM2-135M-Instruct fp32{' + bf16 autocast' if a.bf16 else ''}, {a.prompts} prompts/step "
           f"(1 micro-batch), 1 rollout, max_new_tokens {a.max_new_tokens}"
-          f"{'' if a.free_length else ' = min_new_tokens (fixed length)'}, T=1.0, full-vocab forward KL, "
+          f"{'' if a.free_length else ' (fixed length: no stop id; TRL min_new_tokens)'}, T=1.0, full-vocab forward KL, "
           f"skip 3, EMA 0.01, paper teacher template; our loss.chunk_size={a.chunk_size}")
     print(f"# {a.runs} runs each, alternated; {a.steps} steps per run, first one excluded (warm-up)\n", flush=True)
 
@@ -327,6 +334,12 @@ def main() -> None:
                 print(f"run {i + 1} {kind:4s}: step {st:6.2f} s (median of {len(r['step_times'])})  "
                       f"{1 / st:.3f} steps/s  {tps:6.1f} completion tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
                       f"(process {r['wall_s']:.0f} s)", flush=True)
+        others = {}  # engine column: one run of our SDFT step per other engine, same settings
+        for engine in [e for e in a.engines.split(",") if e and e != "hf"]:
+            others[engine] = run_child("sdft", a, wd, engine=engine)
+            r = others[engine]
+            print(f"run 1 sdft engine={engine}: step {statistics.median(r['step_times']):6.2f} s  peak RSS "
+                  f"{r['peak_rss_mb']:7.0f} MB  (process {r['wall_s']:.0f} s)", flush=True)
         loss_naive = run_child("loss", a, wd, chunk_size=0)
         loss_chunk = run_child("loss", a, wd, chunk_size=a.loss_chunk_size)
         loss_chunk_big = run_child("loss", a, wd, chunk_size=4 * a.loss_chunk_size)
@@ -378,6 +391,18 @@ def main() -> None:
                          total - med["generate"] - med["teacher"]),
                         ("step", tstep, total)):
         print(f"{label:44s}: TRL {v:6.2f}   ours {o:6.2f}   ours/TRL {o / v:5.2f}")
+
+    if others:
+        print("\n== our SDFT step by rollout engine (same settings; hf = the paired runs above, others one run) ==")
+        print(f"{'engine':8s} {'step s':>8s} {'generate s':>11s} {'gen tok/s':>10s} {'teacher s':>10s} "
+              f"{'student s':>10s} {'peak RSS MB':>12s} {'process s':>10s}")
+        for name, runs in [("hf", ours)] + [(k, [v]) for k, v in others.items()]:
+            ph_e = {k: statistics.median(x for r in runs for x in r["phases"][k]) for k in runs[0]["phases"]}
+            tok = statistics.median(x for r in runs for x in r["tokens_per_step"])
+            print(f"{name:8s} {ph_e['step_record']:8.2f} {ph_e['generate']:11.2f} {tok / ph_e['generate']:10.1f} "
+                  f"{ph_e['teacher']:10.2f} {ph_e['student']:10.2f} "
+                  f"{statistics.median(r['peak_rss_mb'] for r in runs):12.0f} "
+                  f"{statistics.median(r['wall_s'] for r in runs):10.0f}")
 
     print("\n== ours SDFT vs ours SFT (same prompts, demos of max_new_tokens tokens) ==")
     print(f"SFT steps/s           : {stats([sps(r) for r in sfts])}")

@@ -8,7 +8,8 @@ byte-level BPE with no merges built in code (259 tokens; the model's vocabulary 
 Random weights almost never emit EOS, so every rollout is the full --new-tokens long: step times are worst-case
 lengths, which is what a timing check wants.
 
-Prints, per method: steps/s over the timed steps (after warm-up), rollout-generation tokens/s (SDFT), peak GPU
+SDFT runs once per rollout engine (--engines hf,vllm; vllm = the optional extra, colocated: weights pushed after
+every step). Prints, per method and engine: steps/s over the timed steps (after warm-up), rollout-generation tokens/s (SDFT), peak GPU
 memory (torch.cuda.max_memory_allocated), and the SDFT/SFT step-time ratio; and a final JSON line.
 
     bash benchmarks/gpu_check.sh                 # GPU: 3 warm + 5 timed steps, 8 prompts, 128 new tokens, bf16
@@ -62,8 +63,8 @@ def build_byte_tokenizer():
 def build_model(tok, *, tiny: bool, device: torch.device, dtype: torch.dtype):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, vocab_size=1024) if tiny else
+    shape = (dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,  # head 32:
+                  intermediate_size=256, vocab_size=1024) if tiny else  # vLLM's CPU attention has no head size 16
              dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                   intermediate_size=4864, vocab_size=151936))
     cfg = Qwen2Config(**shape, max_position_embeddings=4096, rope_theta=1e6, tie_word_embeddings=True,
@@ -93,7 +94,7 @@ def make_examples(n: int, demo_tokens: int, seed: int = 0):
                     origin=f"synthetic:{i + 1}") for i in range(n)]
 
 
-def run_method(method: str, args, tok, device, dtype, out_root: str) -> dict:
+def run_method(method: str, args, tok, device, dtype, out_root: str, engine: str = "hf") -> dict:
     from selfdistill.config import load_config
     from selfdistill.train import train
 
@@ -103,7 +104,8 @@ def run_method(method: str, args, tok, device, dtype, out_root: str) -> dict:
         "train.micro_batch_size": args.micro_batch or args.batch, "train.bf16": not args.fp32,
         "model.dtype": "float32" if args.fp32 else "bfloat16", "rollout.max_new_tokens": args.new_tokens,
         "optim.warmup_steps": 0, "log.progress": False, "log.rollout_examples": 0,
-        "model.gradient_checkpointing": args.gradient_checkpointing})
+        "model.gradient_checkpointing": args.gradient_checkpointing, "rollout.engine": engine,
+        "data.max_prompt_tokens": 256})
     model = build_model(tok, tiny=args.tiny, device=device, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
     examples = make_examples(steps * args.batch, args.new_tokens)
@@ -120,7 +122,7 @@ def run_method(method: str, args, tok, device, dtype, out_root: str) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    res = train(cfg, examples, model, tok, os.path.join(out_root, method), overwrite=True, on_step=on_step,
+    res = train(cfg, examples, model, tok, os.path.join(out_root, f"{method}-{engine}"), overwrite=True, on_step=on_step,
                 eval_every=1)
     total = time.perf_counter() - t0
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
@@ -130,7 +132,7 @@ def run_method(method: str, args, tok, device, dtype, out_root: str) -> dict:
     gen_tokens = sum(r.get("completion_tokens", 0.0) * n_micro for r in recs)
     gen_time = sum(r.get("time_generate_s", 0.0) for r in recs)
     out = {
-        "method": method, "params_M": round(n_params / 1e6, 1), "timed_steps": len(recs),
+        "method": method, "engine": engine, "params_M": round(n_params / 1e6, 1), "timed_steps": len(recs),
         "step_time_s": round(timed_wall / len(recs), 4), "steps_per_s": round(len(recs) / timed_wall, 4),
         "gen_tokens_per_s": round(gen_tokens / gen_time, 1) if method == "sdft" and gen_time > 0 else None,
         "completion_len": round(sum(r.get("completion_len", 0.0) for r in recs) / len(recs), 1),
@@ -155,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=None, dest="new_tokens",
                     help="rollout length; also the demonstration length for SFT (default 128; --tiny 16)")
     ap.add_argument("--methods", default="sdft,sft")
+    ap.add_argument("--engines", default="hf,vllm",
+                    help="rollout engines for the SDFT runs (vllm: the optional extra, colocated in this process)")
     ap.add_argument("--fp32", action="store_true", help="float32 weights, no autocast (default: bf16)")
     ap.add_argument("--gradient-checkpointing", action="store_true", dest="gradient_checkpointing")
     ap.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is available")
@@ -180,15 +184,26 @@ def main(argv=None) -> int:
     tok = build_byte_tokenizer()
     results = {}
     with tempfile.TemporaryDirectory(prefix="selfdistill-gpu-check-") as tmp:
-        for method in args.methods.split(","):
-            r = run_method(method, args, tok, device, dtype, tmp)
-            results[method] = r
+        runs = [(m, e) for m in args.methods.split(",") for e in (args.engines.split(",") if m == "sdft" else ["hf"])]
+        for method, engine in runs:
+            key = method if engine == "hf" else f"{method}_{engine}"
+            try:
+                r = run_method(method, args, tok, device, dtype, tmp, engine)
+            except Exception as e:  # noqa: BLE001 - e.g. vLLM not installed: say so, run the rest
+                print(f"{key:>10}: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:300]})", flush=True)
+                results[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                continue
+            results[key] = r
             gen = f", generation {r['gen_tokens_per_s']:.0f} tok/s" if r["gen_tokens_per_s"] else ""
-            print(f"{method:>5}: {r['params_M']}M params, {r['step_time_s']:.3f} s/step = {r['steps_per_s']:.2f} "
+            print(f"{key:>10}: {r['params_M']}M params, {r['step_time_s']:.3f} s/step = {r['steps_per_s']:.2f} "
                   f"steps/s{gen}, completion len {r['completion_len']}, peak GPU memory "
                   f"{r['peak_gpu_mem_GiB'] if r['peak_gpu_mem_GiB'] is not None else 'n/a (CPU)'} GiB (total incl. build + final save {r['total_s_incl_build_and_save']} s)",
                   flush=True)
-    if "sdft" in results and "sft" in results:
+    if "step_time_s" in results.get("sdft_vllm", {}) and "step_time_s" in results.get("sdft", {}):
+        results["vllm_over_hf_sdft_step_time"] = round(results["sdft_vllm"]["step_time_s"]
+                                                      / results["sdft"]["step_time_s"], 2)
+        print(f"SDFT step time vllm/hf: {results['vllm_over_hf_sdft_step_time']:.2f}")
+    if "step_time_s" in results.get("sdft", {}) and "step_time_s" in results.get("sft", {}):
         ratio = results["sdft"]["step_time_s"] / results["sft"]["step_time_s"]
         results["sdft_over_sft_step_time"] = round(ratio, 2)
         print(f"SDFT/SFT step-time ratio: {ratio:.2f}")

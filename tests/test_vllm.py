@@ -304,3 +304,28 @@ def test_sigkill_and_resume_with_vllm_equals_uninterrupted(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert all("is_weight_mean" in r and "is_frac_capped" in r for r in metrics)
+
+
+@pytest.mark.slow
+def test_cli_train_and_eval_with_vllm_on_the_embedded_model(tmp_path, capsys):
+    """`selfdistill train --rollout.engine vllm` on the embedded SmolLM2-135M, then `eval --engine vllm`: the
+    greedy answers equal `--engine hf`'s (float32 both; one divergence tolerated for a near-tie)."""
+    from selfdistill.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i} + 7?", "demonstration": f"The answer is {i + 7}."})
+                            + "\n" for i in range(4)))
+    rc = main(["train", "--data", str(data), "--output", str(tmp_path / "o"), "--max-steps", "2",
+               "--rollout.engine", "vllm", "--train.prompts_per_step", "2", "--train.micro_batch_size", "2",
+               "--rollout.max_new_tokens", "16", "--log.progress", "false"])
+    assert rc == 0
+    metrics = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(0 < m["is_weight_mean"] <= 2 for m in metrics)
+    outs = {}
+    for engine in ("hf", "vllm"):
+        rc = main(["eval", "--model", str(tmp_path / "o"), "--tasks", "knowledge", "--limit", "6", "--engine", engine,
+                   "--output", str(tmp_path / f"{engine}.json")])
+        assert rc == 0
+        outs[engine] = [x["output"] for x in json.loads((tmp_path / f"{engine}.json").read_text())
+                        ["tasks"]["knowledge"]["items"]]
+    assert len(outs["vllm"]) == 6 and sum(a == b for a, b in zip(outs["hf"], outs["vllm"])) >= 5, outs
