@@ -147,6 +147,35 @@ def _kv_bytes_per_token(config, dtype: str) -> int:
     return 2 * text.num_hidden_layers * kv_heads * head_dim * size
 
 
+def _check_model(path: Path, config, max_model_len: int) -> None:
+    archs = list(getattr(config, "architectures", None) or [])
+    if not any(a in vllm.ModelRegistry.get_supported_archs() for a in archs):
+        raise EngineError(f"{path}: model architecture {'/'.join(archs) or '(none in config.json)'} is not "
+                          f"supported by vLLM {vllm.__version__}; use rollout.engine=hf (or --engine hf)")
+    limit = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
+    if limit is not None and max_model_len > limit:
+        raise EngineError(f"vLLM engine: max_model_len {max_model_len} (prompt budget + max_new_tokens) exceeds "
+                          f"the model's max_position_embeddings {limit}; lower rollout.max_new_tokens or "
+                          f"data.max_prompt_tokens")
+
+
+def _placement(config, dtype: str, max_model_len: int, gpu_memory_utilization: float, kv_cache_seqs: int,
+               enforce_eager: bool | None) -> dict:
+    """Memory, execution mode and process group of the engine (see the module docstring)."""
+    cpu = not torch.cuda.is_available()
+    kw: dict = dict(enforce_eager=cpu if enforce_eager is None else enforce_eager)
+    if cpu:
+        kw["kv_cache_memory_bytes"] = max(16 << 20, _kv_bytes_per_token(config, dtype) * max_model_len
+                                          * kv_cache_seqs * 5 // 4)
+    else:
+        kw["gpu_memory_utilization"] = gpu_memory_utilization
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # several training processes: one engine per process on the existing process group, as TRL's colocate
+        # mode does (external_launcher). Not tested here (the tests and CI run one process).
+        kw["distributed_executor_backend"] = "external_launcher"
+    return kw
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -164,27 +193,14 @@ class VLLMEngine:
             if tokenizer is not None:
                 tokenizer.save_pretrained(path)
         config = AutoConfig.from_pretrained(path)
-        archs = list(getattr(config, "architectures", None) or [])
-        supported = vllm.ModelRegistry.get_supported_archs()
-        if not any(a in supported for a in archs):
-            raise EngineError(f"{path}: model architecture {'/'.join(archs) or '(none in config.json)'} is not "
-                              f"supported by vLLM {vllm.__version__}; use rollout.engine=hf (or --engine hf)")
-        limit = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
-        if limit is not None and max_model_len > limit:
-            raise EngineError(f"vLLM engine: max_model_len {max_model_len} (prompt budget + max_new_tokens) exceeds "
-                              f"the model's max_position_embeddings {limit}; lower rollout.max_new_tokens or "
-                              f"data.max_prompt_tokens")
+        _check_model(path, config, max_model_len)
         self.max_model_len, self.tokenizer, self.dtype = int(max_model_len), tokenizer, dtype
-        cpu = not torch.cuda.is_available()
-        memory = (dict(kv_cache_memory_bytes=max(16 << 20, _kv_bytes_per_token(config, dtype) * self.max_model_len
-                                                 * kv_cache_seqs * 5 // 4))
-                  if cpu else dict(gpu_memory_utilization=gpu_memory_utilization))
         with _keep_process_state():
             self.llm = LLM(model=str(path), dtype=dtype, seed=seed, max_model_len=self.max_model_len,
-                           enforce_eager=cpu if enforce_eager is None else enforce_eager,
                            skip_tokenizer_init=not (path / "tokenizer_config.json").exists(),
-                           generation_config="vllm",
-                           logprobs_mode="processed_logprobs", max_logprobs=1, **memory)
+                           generation_config="vllm", logprobs_mode="processed_logprobs", max_logprobs=1,
+                           **_placement(config, dtype, self.max_model_len, gpu_memory_utilization, kv_cache_seqs,
+                                        enforce_eager))
         self._calls = 0
 
     @classmethod
