@@ -44,6 +44,7 @@ test-fast: $(VLLM_STAMP)
 bench: $(VLLM_STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements-bench.txt
 	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_engines.py
 
 clean:
 	rm -rf $(VENV)

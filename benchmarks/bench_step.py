@@ -112,7 +112,7 @@ def child_ours(a) -> dict:
                 for i, r in enumerate(recs)]
     if not a.free_length:  # no stop id can be sampled: every rollout is max_new_tokens long, on either engine
         import selfdistill.generation as generation  # (generation never reads the checkpoint's generation_config)
-        generation.stop_ids_for = lambda tokenizer, model=None: (-1,)
+        generation.stop_ids_for = lambda tokenizer, model=None: ()
     cfg = load_config(preset="cpu", overrides={
         "train.method": a.child, "train.max_steps": 1000, "train.prompts_per_step": a.prompts,
         "train.micro_batch_size": a.prompts, "rollout.max_new_tokens": a.max_new_tokens,

