@@ -62,7 +62,7 @@ def cmd_train(args, extra: list[str]) -> int:
 
     overrides = parse_dotted_overrides(extra)
     for key, val in (("train.method", args.method), ("model.name", args.model), ("data.path", args.data),
-                     ("train.max_steps", args.max_steps), ("train.seed", args.seed)):
+                     ("train.max_steps", args.max_steps), ("train.seed", args.seed), ("dist.strategy", args.dist)):
         if val is not None:
             overrides[key] = val
     cfg = load_config(args.config, overrides, preset=args.preset)
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
     p.add_argument("--num-processes", type=int, dest="num_processes", default=0,
                    help="run under accelerate with N processes (or use `accelerate launch -m selfdistill train`)")
+    p.add_argument("--dist", choices=["auto", "ddp", "fsdp"],
+                   help="several processes: ddp (replicas; the default) or fsdp (FSDP2: student, EMA teacher and "
+                        "optimizer sharded); = --dist.strategy")
 
     p = sub.add_parser("eval", help="new-task accuracy and retention, with Wilson 95%% intervals")
     _common_model(p)

@@ -73,9 +73,17 @@ def fsdp_version(accelerator) -> int | None:
 # Wrapping
 
 
+def ensure_process_group(device: torch.device) -> None:
+    """FSDP2 needs a process group even for one process (e.g. a 1-GPU check of the wrapping): make a 1-rank one."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
+                                world_size=1)
+
+
 def device_mesh(device: torch.device):
     from torch.distributed.device_mesh import init_device_mesh
 
+    ensure_process_group(device)
     return init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("fsdp",))
 
 
