@@ -63,10 +63,26 @@ def check_supported(strategy: str, *, lora: bool, distributed_type: str) -> None
             "not allow; LoRA's frozen bf16 base fits one GPU (~15 GB at 7B), so use --dist ddp")
 
 
-def fsdp_version(accelerator) -> int | None:
-    """2 or 1 when launched with an accelerate FSDP config, None otherwise."""
+def resolve_strategy(requested: str, accelerator, *, lora: bool) -> str:
+    """'single', 'ddp' or 'fsdp' for this launch; refuses what would not train correctly (one-line errors).
+
+    `auto` is DDP for several processes, or FSDP2 when launched with an accelerate FSDP config (fsdp_version 2);
+    `fsdp` in one process shards over a 1-rank group (exercises the wrapping, e.g. on one GPU)."""
+    kind = accelerator.distributed_type.name
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    return getattr(plugin, "fsdp_version", 1) if plugin is not None else None
+    if kind == "FSDP":
+        if getattr(plugin, "fsdp_version", 1) != 2:
+            raise DistributedConfigError("accelerate FSDP config with fsdp_version 1: only FSDP2 is supported; set "
+                                         "fsdp_version: 2 (configs/accelerate/fsdp.yaml)")
+        if requested == "ddp":
+            raise DistributedConfigError("dist.strategy=ddp but accelerate was launched with an FSDP config; use "
+                                         "--dist fsdp or a DDP config (configs/accelerate/ddp.yaml)")
+        requested = "fsdp"
+    strategy = requested if requested != "auto" else ("ddp" if accelerator.num_processes > 1 else "single")
+    if strategy == "ddp" and accelerator.num_processes == 1:
+        strategy = "single"
+    check_supported(strategy, lora=lora, distributed_type=kind)
+    return strategy
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,6 +151,16 @@ def shard_like(teacher: torch.nn.Module, student: torch.nn.Module, mesh, *, bf16
     return teacher
 
 
+def wrap_for_training(model: torch.nn.Module, teacher_copy: torch.nn.Module | None, device: torch.device, *,
+                      bf16: bool, reduce_dtype: str = "float32", cpu_offload: bool = False) -> torch.nn.Module:
+    """Shard the student and (when there is one) its teacher copy over all processes; return the student."""
+    mesh = device_mesh(device)
+    shard_model(model, mesh, bf16=bf16, reduce_dtype=reduce_dtype, cpu_offload=cpu_offload)
+    if teacher_copy is not None:
+        shard_like(teacher_copy, model, mesh, bf16=bf16, cpu_offload=cpu_offload)
+    return model
+
+
 def _local(p: torch.Tensor) -> torch.Tensor:
     return p.to_local() if hasattr(p, "to_local") else p
 
@@ -199,6 +225,11 @@ def gathered_for_generation(model: torch.nn.Module) -> Iterator[torch.nn.Module]
             m.reshard()
         for m in mods:
             m.set_reshard_after_forward(getattr(m, "_sd_reshard_after_forward", True), recurse=False)
+
+
+def unsharded(model: torch.nn.Module):
+    """`gathered_for_generation` for a sharded model; nothing for an unsharded one (single process, DDP)."""
+    return gathered_for_generation(model) if is_sharded(model) else contextlib.nullcontext(model)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,11 +330,12 @@ def load_sharded_checkpoint(path: Path, *, model, optimizer, teacher, scheduler)
 # The final model
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded weights on rank 0's CPU (a collective: every rank calls it; other ranks get {})."""
+def full_state_dict(model: torch.nn.Module, every_rank: bool = False) -> dict[str, torch.Tensor]:
+    """The unsharded weights, on rank 0's CPU (other ranks get {}), or on every rank's device with `every_rank`.
+    A collective: every rank calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not every_rank))
 
 
 def save_consolidated(model: torch.nn.Module, tokenizer, out: Path) -> None:
