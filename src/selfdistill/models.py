@@ -98,6 +98,14 @@ def set_chat_special_tokens(tokenizer, model=None) -> None:
             gc.bos_token_id = tokenizer.bos_token_id
 
 
+def end_of_turn_ids(tokenizer, model=None) -> list[int]:
+    """Every id that ends an assistant turn: the tokenizer's EOS and the generation config's eos ids."""
+    ids = [tokenizer.eos_token_id]
+    gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += [gc_eos] if isinstance(gc_eos, int) else list(gc_eos or [])
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantise a GGUF to a plain safetensors checkpoint (+ tokenizer) in out_dir, atomically, with manifest."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
