@@ -69,7 +69,7 @@ def resolve_strategy(requested: str, accelerator, *, lora: bool) -> str:
     `auto` is DDP for several processes, or FSDP2 when launched with an accelerate FSDP config (fsdp_version 2);
     `fsdp` in one process shards over a 1-rank group (exercises the wrapping, e.g. on one GPU)."""
     kind = accelerator.distributed_type.name
-    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
     if kind == "FSDP":
         if getattr(plugin, "fsdp_version", 1) != 2:
             raise DistributedConfigError("accelerate FSDP config with fsdp_version 1: only FSDP2 is supported; set "
@@ -338,10 +338,17 @@ def full_state_dict(model: torch.nn.Module, every_rank: bool = False) -> dict[st
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not every_rank))
 
 
-def save_consolidated(model: torch.nn.Module, tokenizer, out: Path) -> None:
-    """A save_pretrained folder (safetensors + tokenizer) that AutoModelForCausalLM.from_pretrained loads."""
+def save_consolidated(model: torch.nn.Module, tokenizer, out: Path, dtype: torch.dtype | None = None) -> None:
+    """A save_pretrained folder (safetensors + tokenizer) that AutoModelForCausalLM.from_pretrained loads;
+    `dtype`: cast on the way out (a bf16 model trained on float32 shards is saved in bf16)."""
     sd = full_state_dict(model)
     if dist.get_rank() == 0:
+        if dtype is not None:
+            sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
         model.save_pretrained(out, state_dict=sd, safe_serialization=True)
+        if dtype is not None:  # save_pretrained records the sharded (float32) parameters' dtype: say what was saved
+            cfg_file = out / "config.json"
+            cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "dtype": str(dtype).split(".")[1]},
+                                           indent=2) + "\n")
         tokenizer.save_pretrained(out)
     _barrier()

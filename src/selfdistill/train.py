@@ -15,8 +15,9 @@ With rollout.temperature T != 1, student and teacher logits are divided by T bef
 the importance weights (as the official trainer does): the loss compares the distributions actually sampled from.
 
 The file reads top to bottom: batches; the micro steps; `setup` (model, float32 master weights, teacher,
-optimizer, wrapping, engine, resume) -> `Run`; `optimizer_step` (the same for 1 process and DDP); progress,
-logging and saving; `train`, the loop that ties them together.
+optimizer, wrapping, engine, resume) -> `Run`; `optimizer_step` (the same for 1 process, DDP and FSDP2); progress,
+logging and saving; `train`, the loop that ties them together. Wrapping (dist.strategy): one process as is; DDP
+replicas; or FSDP2 (distributed.py), where the student and its EMA teacher are sharded alike over all processes.
 
 Layout of a packed batch (rollouts and scoring share it, so positions line up exactly):
     [left padding | prompt ids | completion ids | right padding]
@@ -39,7 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import losses
+from . import distributed, losses
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, to_dict, to_yaml
 from .contexts import Encoded, encode_examples
@@ -122,7 +123,9 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     T = 1.0 if cfg.rollout.greedy else cfg.rollout.temperature
 
     t0 = time.perf_counter()
-    with amp():  # 1. rollout: the student samples from the prompt alone
+    # 1. rollout: the student samples from the prompt alone (FSDP2: every layer gathered once, then decoding
+    # runs without collectives, so ranks may finish at different lengths)
+    with amp(), distributed.unsharded(model):
         rollouts = engine.generate(student_prompts, spec, seed=seed, want_logprobs=cfg.loss.importance_weights,
                                    should_stop=should_stop, on_tokens=on_tokens)
     completions = [r.ids for r in rollouts]
@@ -290,8 +293,8 @@ class Run:
     cfg: Config
     acc: object  # accelerate.Accelerator
     out: Path
-    model: torch.nn.Module  # the unwrapped student (saved, evaluated)
-    wrapped: torch.nn.Module  # what forward/backward run on (DDP-wrapped when several processes)
+    model: torch.nn.Module  # the student (saved, evaluated); under FSDP2 sharded in place (DTensor parameters)
+    wrapped: torch.nn.Module  # what forward/backward run on (DDP-wrapped under DDP; the model otherwise)
     tokenizer: object
     teacher: Teacher | None
     optimizer: torch.optim.Optimizer
@@ -306,6 +309,7 @@ class Run:
     step: int = 0
     skipped_steps: int = 0
     save_dtype: torch.dtype | None = None
+    strategy: str = "single"  # single | ddp | fsdp (distributed.resolve_strategy)
 
     @property
     def world(self) -> int:
@@ -330,6 +334,7 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
     from .generation import make_engine, rollout_spec, stop_ids_for
 
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    strategy = _strategy(cfg, acc)
     if acc.is_main_process:
         _check_output_dir(out, cfg, resume, overwrite)
         out.mkdir(parents=True, exist_ok=True)
@@ -342,10 +347,14 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
     teacher = Teacher(model, cfg.teacher.kind, cfg.teacher.ema_rate) if cfg.train.method == "sdft" else None
     if teacher is not None and teacher.copy is not None:
         teacher.copy.to(acc.device)
+    if strategy == "fsdp":  # shard student and teacher copy alike, before the optimizer sees the parameters
+        distributed.wrap_for_training(model, teacher.copy if teacher is not None else None, acc.device,
+                                      bf16=autocast, reduce_dtype=cfg.dist.reduce_dtype,
+                                      cpu_offload=cfg.dist.cpu_offload)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg, acc.device)
-    wrapped = acc.prepare_model(model) if acc.num_processes > 1 else model
-    if acc.num_processes > 1 and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+    wrapped = acc.prepare_model(model) if strategy == "ddp" else model
+    if strategy == "ddp" and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         raise TrainingError(f"distributed type {acc.distributed_type.name}: only DDP data parallel is supported; "
                             f"FSDP/DeepSpeed would need sharding-aware backward, clipping and EMA teacher "
                             f"(docs/multi_gpu.md)")
@@ -357,19 +366,43 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
     spec = rollout_spec(cfg.rollout, stop_ids_for(tokenizer, model))
     run = Run(cfg, acc, out, model, wrapped, tokenizer, teacher, optimizer, scheduler, params, encoded, skipped,
               data_order(len(encoded), cfg.train.seed, cfg.data.shuffle, cfg.train.max_steps * P), engine, spec,
-              autocast, save_dtype=save_dtype if save_dtype != torch.float32 else None)
+              autocast, save_dtype=save_dtype if save_dtype != torch.float32 else None, strategy=strategy)
     if resume:
         _resume(run)
     return run
+
+
+def _strategy(cfg: Config, acc) -> str:
+    """single | ddp | fsdp for this launch; unsupported combinations stop here with a one-line reason."""
+    try:
+        strategy = distributed.resolve_strategy(cfg.dist.strategy, acc, lora=cfg.model.lora)
+    except distributed.DistributedConfigError as e:
+        raise TrainingError(str(e)) from None
+    if strategy == "fsdp" and cfg.rollout.engine != "hf":
+        raise TrainingError(f"rollout.engine={cfg.rollout.engine} with dist.strategy=fsdp is not supported: the "
+                            f"engine would need the gathered weights after every step; use rollout.engine=hf")
+    if strategy == "fsdp" and cfg.train.method == "sdft" and cfg.teacher.kind == "live":
+        raise TrainingError("teacher.kind=live with dist.strategy=fsdp is not supported: the teacher pass would "
+                            "gather the student's weights as inference tensors; use teacher.kind=ema or frozen")
+    return strategy
 
 
 def _resume(run: Run) -> None:
     ck = latest_checkpoint(run.out / "checkpoints")
     if ck is None:
         return
-    teacher_sd, state = load_checkpoint(ck, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
-    if run.teacher is not None:
-        run.teacher.load_state_dict(teacher_sd)
+    sharded = (ck / ".metadata").exists()
+    if sharded != (run.strategy == "fsdp"):
+        raise TrainingError(f"{ck}: written with dist.strategy={'fsdp' if sharded else 'ddp or one process'}; "
+                            f"resume it with the same strategy")
+    if sharded:
+        state = distributed.load_sharded_checkpoint(ck, model=run.model, optimizer=run.optimizer,
+                                                    teacher=run.teacher.copy if run.teacher else None,
+                                                    scheduler=run.scheduler)
+    else:
+        teacher_sd, state = load_checkpoint(ck, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
+        if run.teacher is not None:
+            run.teacher.load_state_dict(teacher_sd)
     run.step, run.skipped_steps = state["step"], state.get("skipped_steps", 0)
     if run.engine is not None:
         run.engine.sync_weights(run.model)
@@ -407,7 +440,7 @@ def _micro_batch(run: Run, i: int, stop: StopFlag, timings: dict, progress) -> t
 def _apply_update(run: Run, nonfinite: bool, agg: dict) -> float:
     """Clip, then update (or skip/stop on a non-finite loss or gradient). Returns the gradient norm."""
     cfg = run.cfg
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.max_grad_norm)
+    grad_norm = distributed.clip_grad_norm(run.params, cfg.optim.max_grad_norm)  # FSDP2: the global norm
     nonfinite = nonfinite or not bool(torch.isfinite(grad_norm))
     if run.world > 1:
         flag = torch.tensor([float(nonfinite)], device=run.acc.device)
@@ -432,7 +465,7 @@ def _apply_update(run: Run, nonfinite: bool, agg: dict) -> float:
 
 
 def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
-    """One optimizer step, the same code for 1 process and DDP. Returns the step's metrics record.
+    """One optimizer step, the same code for 1 process, DDP and FSDP2. Returns the step's metrics record.
     Raises StepAborted (gradients cleared, nothing updated) when a stop arrives before the update."""
     cfg = run.cfg
     timings = {"generate": 0.0, "teacher": 0.0, "student": 0.0, "optimizer": 0.0}
@@ -447,7 +480,9 @@ def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
                 raise StepAborted()
             progress.micro(i, run.n_micro)
             last = i == run.n_micro - 1
-            sync = run.acc.no_sync(run.wrapped) if (run.world > 1 and not last) else contextlib.nullcontext()
+            # DDP all-reduces at the last micro-batch only; FSDP2 reduce-scatters every micro-batch (gradients
+            # stay sharded: no full-size gradient buffer), the sum is the same up to float rounding
+            sync = run.acc.no_sync(run.wrapped) if (run.strategy == "ddp" and not last) else contextlib.nullcontext()
             with sync:
                 loss, m, comps = _micro_batch(run, i, stop, timings, progress)
                 ts = time.perf_counter()
@@ -553,7 +588,15 @@ class MetricsLog:
 
 
 def save(run: Run) -> None:
-    """A checkpoint of the last finished step (rank 0 writes; every rank waits)."""
+    """A checkpoint of the last finished step (rank 0 writes, every rank waits; FSDP2: every rank writes its
+    shards, rank 0 publishes the folder)."""
+    if run.strategy == "fsdp":
+        distributed.save_sharded_checkpoint(
+            run.out / "checkpoints", run.step, model=run.model, optimizer=run.optimizer,
+            teacher=run.teacher.copy if run.teacher else None, scheduler=run.scheduler,
+            trainer_state={"step": run.step, "data_position": run.step * run.cfg.train.prompts_per_step,
+                           "skipped_steps": run.skipped_steps}, keep_last=run.cfg.log.keep_last)
+        return
     _save(run.acc, run.out / "checkpoints", run.step, run.model, run.teacher, run.optimizer, run.scheduler,
           run.skipped_steps, run.cfg)
 
@@ -587,9 +630,11 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
                     stopped_early = True
                     break
                 steps_this_call += 1
-                if on_step is not None and main and eval_every and (run.step % eval_every == 0
-                                                                    or run.step == cfg.train.max_steps):
-                    rec.update(on_step(run.step, run.model) or {})
+                if on_step is not None and eval_every and (run.step % eval_every == 0
+                                                           or run.step == cfg.train.max_steps):
+                    with distributed.unsharded(run.model):  # FSDP2: every rank gathers, the main one evaluates
+                        if main:
+                            rec.update(on_step(run.step, run.model) or {})
                 if main:
                     history.append(rec)
                     progress.step_done(rec)
@@ -610,8 +655,11 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
                   f"plus --resume", file=sys.stderr)
     else:
         save(run)
-        if main:
+        if run.strategy == "fsdp":  # a collective: the full weights gathered to rank 0, which writes them
+            distributed.save_consolidated(run.model, tokenizer, run.out, run.save_dtype)
+        elif main:
             save_final(run.model, tokenizer, run.out, cfg, run.save_dtype)
+        if main:
             if cfg.log.progress:
                 print(f"[selfdistill] {cfg.train.method}: {steps_this_call} steps in "
                       f"{time.perf_counter() - t_start:.1f}s; model saved to {run.out}", file=sys.stderr)
