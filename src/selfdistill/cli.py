@@ -134,7 +134,12 @@ def _relaunch(n: int) -> int:
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "selfdistill", *argv]
     # torchrun with n workers; without CUDA they run on CPU over gloo. (`--cpu` would start ONE process.)
     cmd.insert(3, "--multi_gpu")
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the workers too: wait while they save the last finished step
+            continue
 
 
 def cmd_eval(args) -> int:
