@@ -157,11 +157,15 @@ def fsdp_vs_single(tmp_path_factory):
     single = subprocess.Popen([sys.executable, str(DIST_WORKER), "--out", str(base / "single"), "--expect-world", "1",
                                "--steps", str(STEPS)], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
+    one_rank = subprocess.Popen([sys.executable, str(DIST_WORKER), "--out", str(base / "fsdp1"), "--expect-world",
+                                 "1", "--steps", str(STEPS), "--dist", "fsdp"], env=_env(), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     multi = subprocess.run([*_launch(2), str(DIST_WORKER), "--out", str(base / "fsdp"), "--expect-world", "2",
                             "--steps", str(STEPS), "--dist", "fsdp"], env=_env(), cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
-    out, err = single.communicate(timeout=300)
-    _check(subprocess.CompletedProcess(single.args, single.returncode, out, err), "single-process run")
+    for proc, what in ((single, "single-process run"), (one_rank, "1-process FSDP2 run")):
+        out, err = proc.communicate(timeout=300)
+        _check(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), what)
     _check(multi, "2-process FSDP2 run")
     return base
 
@@ -196,6 +200,18 @@ def test_two_process_fsdp_equals_single_process(fsdp_vs_single, method, tiny_tok
     for a, b in zip(m1, m2):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
+
+
+def test_one_process_fsdp_equals_plain_single_process(fsdp_vs_single):
+    """dist.strategy=fsdp in one process (a 1-rank group: what a 1-GPU check runs) trains the same weights."""
+    for method in ("sdft", "sft"):
+        one = torch.load(fsdp_vs_single / "single" / method / "rank0.pt", weights_only=False)
+        sharded = torch.load(fsdp_vs_single / "fsdp1" / method / "rank0.pt", weights_only=False)
+        assert sharded["world"] == 1
+        for part in ("student", "teacher"):
+            assert set(sharded[part]) == set(one[part])
+            for k, v in one[part].items():
+                torch.testing.assert_close(sharded[part][k], v, atol=1e-5, rtol=0, msg=lambda m: f"{part} {k}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -361,3 +377,73 @@ def test_two_machines_on_loopback_train_one_loadable_output(cli_ref):
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     AutoModelForCausalLM.from_pretrained(out)
     _same_run(base / "ref", out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which wrapping a launch gets, and the refusals (no processes needed)
+
+
+class FakeAccelerator:
+    """What train() reads from accelerate: process count, distributed type and (FSDP configs) the plugin."""
+
+    device = torch.device("cpu")
+    process_index, is_main_process = 0, True
+
+    def __init__(self, kind: str, n: int, fsdp_version: int | None = None, offload: bool = False):
+        from types import SimpleNamespace
+
+        self.num_processes = n
+        self.distributed_type = SimpleNamespace(name=kind)
+        plugin = None
+        if fsdp_version is not None:
+            from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+            plugin = SimpleNamespace(fsdp_version=fsdp_version, cpu_offload=CPUOffloadPolicy() if offload
+                                     else OffloadPolicy())
+        self.state = SimpleNamespace(fsdp_plugin=plugin)
+
+    def wait_for_everyone(self):
+        pass
+
+
+@pytest.mark.parametrize("requested, acc, want", [
+    ("auto", FakeAccelerator("NO", 1), "single"),
+    ("auto", FakeAccelerator("MULTI_CPU", 2), "ddp"),
+    ("ddp", FakeAccelerator("MULTI_GPU", 8), "ddp"),
+    ("fsdp", FakeAccelerator("MULTI_CPU", 2), "fsdp"),
+    ("fsdp", FakeAccelerator("NO", 1), "fsdp"),  # one process, a 1-rank group: e.g. a 1-GPU check
+    ("auto", FakeAccelerator("FSDP", 8, fsdp_version=2), "fsdp"),  # accelerate launch --config_file fsdp.yaml
+])
+def test_strategy_for_each_launch(requested, acc, want):
+    from selfdistill.distributed import resolve_strategy
+
+    assert resolve_strategy(requested, acc, lora=False) == want
+
+
+def test_accelerate_fsdp_config_is_read_and_fsdp1_refused():
+    from selfdistill.distributed import DistributedConfigError, plugin_cpu_offload, resolve_strategy
+
+    assert plugin_cpu_offload(FakeAccelerator("FSDP", 8, fsdp_version=2, offload=True))
+    assert not plugin_cpu_offload(FakeAccelerator("FSDP", 8, fsdp_version=2))
+    assert not plugin_cpu_offload(FakeAccelerator("MULTI_GPU", 8))
+    with pytest.raises(DistributedConfigError, match="fsdp_version 1: only FSDP2"):
+        resolve_strategy("auto", FakeAccelerator("FSDP", 8, fsdp_version=1), lora=False)
+    with pytest.raises(DistributedConfigError, match="dist.strategy=ddp but accelerate was launched with an FSDP"):
+        resolve_strategy("ddp", FakeAccelerator("FSDP", 8, fsdp_version=2), lora=False)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"model.lora": True}, "model.lora=true with dist.strategy=fsdp is not supported"),
+    ({"teacher.kind": "live"}, "teacher.kind=live with dist.strategy=fsdp is not supported"),
+    ({"rollout.engine": "vllm"}, "rollout.engine=vllm with dist.strategy=fsdp is not supported"),
+])
+def test_train_refuses_unsupported_fsdp_combinations_at_start(overrides, match, tmp_path, tiny_tok, tiny_model):
+    from selfdistill.config import load_config
+    from selfdistill.data import Example
+    from selfdistill.train import TrainingError, train
+
+    cfg = load_config(overrides={"train.max_steps": 1, "train.prompts_per_step": 2, "train.micro_batch_size": 1,
+                                 "dist.strategy": "fsdp", "log.progress": False, **overrides})
+    ex = [Example([{"role": "user", "content": "What is 12 + 7?"}], "19.")] * 2
+    with pytest.raises(TrainingError, match=match):
+        train(cfg, ex, tiny_model, tiny_tok, tmp_path / "o", accelerator=FakeAccelerator("MULTI_CPU", 2))
+    assert not (tmp_path / "o").exists()  # refused before writing anything

@@ -89,6 +89,13 @@ def resolve_strategy(requested: str, accelerator, *, lora: bool) -> str:
 # Wrapping
 
 
+def plugin_cpu_offload(accelerator) -> bool:
+    """`fsdp_offload_params: true` in an accelerate FSDP config (selfdistill reads it as dist.cpu_offload)."""
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    offload = getattr(plugin, "cpu_offload", None)
+    return bool(getattr(offload, "offload_params", False)) or type(offload).__name__ == "CPUOffloadPolicy"
+
+
 def ensure_process_group(device: torch.device) -> None:
     """FSDP2 needs a process group even for one process (e.g. a 1-GPU check of the wrapping): make a 1-rank one."""
     if not dist.is_initialized():
@@ -230,6 +237,12 @@ def gathered_for_generation(model: torch.nn.Module) -> Iterator[torch.nn.Module]
 def unsharded(model: torch.nn.Module):
     """`gathered_for_generation` for a sharded model; nothing for an unsharded one (single process, DDP)."""
     return gathered_for_generation(model) if is_sharded(model) else contextlib.nullcontext(model)
+
+
+def no_grad_for(model: torch.nn.Module):
+    """inference_mode for the teacher pass; plain no_grad when sharded: FSDP2's 1-rank unshard copies into its
+    gather buffer under `_unsafe_preserve_version_counter`, which fails on inference tensors (torch 2.13)."""
+    return torch.no_grad() if is_sharded(model) else torch.inference_mode()
 
 
 # ----------------------------------------------------------------------------------------------------------

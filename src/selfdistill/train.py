@@ -130,7 +130,7 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
                                    should_stop=should_stop, on_tokens=on_tokens)
     completions = [r.ids for r in rollouts]
     t1 = time.perf_counter()
-    with torch.inference_mode(), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
+    with distributed.no_grad_for(model), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
         teacher_logits_BTV = completion_logits(teacher_model, pack(teacher_prompts, completions,
                                                                    tokenizer.pad_token_id, device)).float()
     teacher_logits_BTV = tempered(teacher_logits_BTV.clone(), T)  # clone: leave inference mode for autograd
@@ -350,7 +350,7 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
     if strategy == "fsdp":  # shard student and teacher copy alike, before the optimizer sees the parameters
         distributed.wrap_for_training(model, teacher.copy if teacher is not None else None, acc.device,
                                       bf16=autocast, reduce_dtype=cfg.dist.reduce_dtype,
-                                      cpu_offload=cfg.dist.cpu_offload)
+                                      cpu_offload=cfg.dist.cpu_offload or distributed.plugin_cpu_offload(acc))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg, acc.device)
     wrapped = acc.prepare_model(model) if strategy == "ddp" else model
