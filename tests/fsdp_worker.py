@@ -32,15 +32,15 @@ PROMPTS = ["What is 12 + 7?", "What is the capital of Peru?", "Call get_weather 
            "You are a helpful assistant. What is the ISO 4217 code of the Malagasy Ariary?"]
 
 
-def build(tok, bf16: bool):
+def build(tok, bf16: bool, cpu_offload: bool = False):
     """Student, teacher (float32 copy made before sharding), optimizer, scheduler: sharded."""
     from transformers import get_cosine_schedule_with_warmup
 
     student = build_tiny_model(tok, seed=0)
     teacher = copy.deepcopy(student).float().eval().requires_grad_(False)
     mesh = D.device_mesh(torch.device("cpu"))
-    D.shard_model(student, mesh, bf16=bf16)
-    D.shard_like(teacher, student, mesh, bf16=bf16)
+    D.shard_model(student, mesh, bf16=bf16, cpu_offload=cpu_offload)
+    D.shard_like(teacher, student, mesh, bf16=bf16, cpu_offload=cpu_offload)
     opt = torch.optim.AdamW(list(student.parameters()), lr=1e-2)
     return student, teacher, opt, get_cosine_schedule_with_warmup(opt, 0, 10)
 
@@ -152,6 +152,20 @@ def mixed_precision_checks(tok) -> dict:
             "bf16_grad_free": all(p.grad is None for p in student.parameters())}
 
 
+def offload_checks(tok) -> dict:
+    """CPUOffloadPolicy (on CPU it exercises the policy's code path, not a device transfer): 2 steps with and
+    without offload reach the same student and teacher."""
+    ids = batch(tok, dist.get_rank())
+    states = []
+    for offload in (False, True):
+        student, teacher, opt, sched = build(tok, bf16=False, cpu_offload=offload)
+        for _ in range(2):
+            train_step(student, teacher, opt, sched, ids)
+        states.append((D.full_state_dict(student), D.full_state_dict(teacher)))
+    (s0, t0), (s1, t1) = states
+    return {"offload_same": all(torch.equal(s0[k], s1[k]) for k in s0) and all(torch.equal(t0[k], t1[k]) for k in t0)}
+
+
 def reload(args, tok) -> None:
     """Load the step-1 checkpoint on this number of processes; save the full student and teacher (rank 0)."""
     student, teacher, opt, sched = build(tok, bf16=False)
@@ -176,6 +190,7 @@ def main() -> int:
         else:
             res = pieces(args, tok)
             res.update(mixed_precision_checks(tok))
+            res.update(offload_checks(tok))
             (Path(args.out) / f"pieces-rank{dist.get_rank()}.json").write_text(json.dumps(res, indent=1))
     finally:
         dist.destroy_process_group()

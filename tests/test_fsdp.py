@@ -129,6 +129,10 @@ def test_bf16_mixed_precision_keeps_float32_parameters(run):
         assert r["bf16_grad_free"]
 
 
+def test_cpu_offload_trains_the_same_weights(run):
+    assert run[1][0]["offload_same"]  # rank 0 compares the gathered weights
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(strategy="ddp", lora=False, distributed_type="DEEPSPEED"), "DeepSpeed is not supported.*FSDP2"),
     (dict(strategy="fsdp", lora=True, distributed_type="MULTI_CPU"), "model.lora=true with dist.strategy=fsdp"),
@@ -243,11 +247,12 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, what: str, timeout: float = 150) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, what: str, timeout: float = 150, lines: int = 0) -> None:
+    """Until `path` exists (and holds at least `lines` lines)."""
     import time
 
     t0 = time.time()
-    while not path.exists():
+    while not (path.exists() and (not lines or len(path.read_text().splitlines()) >= lines)):
         assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()}"
         assert time.time() - t0 < timeout, f"timed out waiting for {what}"
         time.sleep(0.2)
@@ -345,7 +350,7 @@ def test_sigint_stops_gracefully_then_resume_equals_uninterrupted(cli_ref):
     proc = subprocess.Popen(args, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     metrics = out / "metrics.jsonl"
-    _wait_for(metrics, proc, "the first metrics line")
+    _wait_for(metrics, proc, "the first metrics line", lines=1)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert "Resume with the same command plus --resume" in err, err[-3000:]

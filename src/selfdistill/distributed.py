@@ -137,8 +137,8 @@ def shard_model(model: torch.nn.Module, mesh, *, bf16: bool, reduce_dtype: str =
     (`reshard_root=False`, the student) or frees them too (`reshard_root=True`, the teacher: no backward)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
-    kwargs = dict(mesh=mesh, mp_policy=mixed_precision_policy(bf16, reduce_dtype),
-                  offload_policy=CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+    kwargs = dict(mesh=mesh, mp_policy=mixed_precision_policy(bf16, reduce_dtype), offload_policy=offload)
     for layer in decoder_layers(model):
         fully_shard(layer, reshard_after_forward=True, **kwargs)
         layer._sd_reshard_after_forward = True
