@@ -351,11 +351,24 @@ def full_state_dict(model: torch.nn.Module, every_rank: bool = False) -> dict[st
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not every_rank))
 
 
+def tied_duplicates(model: torch.nn.Module) -> list[str]:
+    """Names of parameters that are the same object as an earlier one (tied lm_head -> embeddings)."""
+    first: dict[int, str] = {}
+    dups = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            dups.append(name)
+        first.setdefault(id(p), name)
+    return dups
+
+
 def save_consolidated(model: torch.nn.Module, tokenizer, out: Path, dtype: torch.dtype | None = None) -> None:
     """A save_pretrained folder (safetensors + tokenizer) that AutoModelForCausalLM.from_pretrained loads;
     `dtype`: cast on the way out (a bf16 model trained on float32 shards is saved in bf16)."""
     sd = full_state_dict(model)
     if dist.get_rank() == 0:
+        for name in tied_duplicates(model):  # gathered separately, so save_pretrained would not see the tie
+            sd.pop(name, None)
         if dtype is not None:
             sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
         model.save_pretrained(out, state_dict=sd, safe_serialization=True)
