@@ -46,6 +46,16 @@ def tensor_sha(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def probe_logits(tok):
+    """An evaluation callback (main process only): the mean logit of a fixed prompt, logged every step."""
+    ids_1L = torch.tensor([tok.encode("What is 12 + 7?")])
+
+    def on_step(step, model):
+        with torch.no_grad():
+            return {"eval_logit_mean": float(model(input_ids=ids_1L).logits.float().mean())}
+    return on_step
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -87,7 +97,8 @@ def main() -> int:
             "dist.strategy": args.dist, "log.progress": False})
         model = build_tiny_model(tok, seed=0)
         out = Path(args.out) / method
-        res = T.train(cfg, examples, model, tok, out, overwrite=True, accelerator=acc)
+        res = T.train(cfg, examples, model, tok, out, overwrite=True, accelerator=acc, on_step=probe_logits(tok),
+                      eval_every=1)
         if args.dist == "fsdp":  # gather the shards: every rank gets the full weights
             from selfdistill.distributed import full_state_dict
             student = full_state_dict(res.model, every_rank=True)
