@@ -137,7 +137,32 @@ def pieces(args, tok) -> dict:
         torch.save({"student": want_s, "teacher": want_t}, Path(args.out) / "step3.pt")
         torch.save({"student": student_full, "teacher": teacher_full}, Path(args.out) / "step1.pt")
     D.save_consolidated(s2, tok, Path(args.out) / "final")
+    res["failed_save"] = failing_save(s2, t2, o2, sc2, root)
     return res
+
+
+def failing_save(student, teacher, opt, sched, root: Path) -> str:
+    """Disk full on the last rank while it writes its RNG file: every rank raises, no step-2 folder appears."""
+    from selfdistill.checkpoint import CheckpointError, latest_checkpoint
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        if dist.get_rank() == dist.get_world_size() - 1 and "rng-rank" in str(f):
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    torch.save = full_disk
+    try:
+        D.save_sharded_checkpoint(root, 2, model=student, optimizer=opt, teacher=teacher, scheduler=sched,
+                                  trainer_state={"step": 2})
+        return "no error"
+    except CheckpointError as e:
+        dist.barrier()
+        left = sorted(p.name for p in root.iterdir())
+        return f"{e} | latest={latest_checkpoint(root).name} | folders={left}"
+    finally:
+        torch.save = real_save
 
 
 def mixed_precision_checks(tok) -> dict:

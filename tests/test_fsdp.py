@@ -85,6 +85,15 @@ def test_sharded_checkpoint_resume_is_bitwise(run):
     assert sum(n.endswith(".distcp") for n in names) == 2  # one shard file per rank
 
 
+def test_write_error_on_one_rank_fails_the_save_on_every_rank(run):
+    """The last rank's disk is full: both ranks raise CheckpointError (none waits forever), the temporary folder is
+    removed, and the step-1 checkpoint is still the latest."""
+    for r in run[1]:
+        assert "No space left on device" in r["failed_save"] or "another process failed" in r["failed_save"]
+        assert r["failed_save"].endswith("| latest=step-000001 | folders=['step-000001']"), r["failed_save"]
+    assert "No space left on device" in run[1][1]["failed_save"]
+
+
 def test_incomplete_sharded_checkpoint_is_invisible(run, tmp_path):
     """What a kill between the shard writes and rank 0's rename leaves behind is never picked for resume."""
     from selfdistill.checkpoint import MARKER, latest_checkpoint

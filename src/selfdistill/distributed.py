@@ -279,7 +279,8 @@ def _app_state(model, optimizer, teacher) -> dict:
 
 def save_sharded_checkpoint(root: Path, step: int, *, model, optimizer, teacher, scheduler, trainer_state: dict,
                             keep_last: int = 2) -> Path:
-    """Every rank writes its shards (DCP) and its RNG state into `step-N.tmp`; rank 0 renames it when all are done."""
+    """Every rank writes its shards (DCP) and its RNG state into `step-N.tmp`; rank 0 renames it when all are done.
+    A write error on any rank (disk full, ...) raises CheckpointError on every rank; the previous checkpoint stays."""
     import torch.distributed.checkpoint as dcp
 
     rank = dist.get_rank()
@@ -289,13 +290,17 @@ def save_sharded_checkpoint(root: Path, step: int, *, model, optimizer, teacher,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     _barrier()
-    dcp.save(_app_state(model, optimizer, teacher), checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / f"rng-rank{rank}.pt")
-    if rank == 0:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        state = {**trainer_state, "world_size": dist.get_world_size(), "format": "dcp"}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    _barrier()  # every rank's files are in tmp
+    dcp.save(_app_state(model, optimizer, teacher), checkpoint_id=str(tmp))  # DCP agrees on its own errors
+    error = None
+    try:
+        torch.save(_rng_state(), tmp / f"rng-rank{rank}.pt")
+        if rank == 0:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            state = {**trainer_state, "world_size": dist.get_world_size(), "format": "dcp"}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    except OSError as e:
+        error = e
+    _fail_together(error, final, tmp)  # also the barrier: every rank's files are in tmp
     if rank == 0:
         try:
             (tmp / MARKER).write_text("ok\n")
@@ -305,13 +310,25 @@ def save_sharded_checkpoint(root: Path, step: int, *, model, optimizer, teacher,
             os.replace(tmp, final)
             _fsync_tree(root)
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"{final}: saving the sharded checkpoint failed ({e.strerror or e}); "
-                                  f"the previous checkpoint is kept") from None
+            error = e
+    _fail_together(error, final, tmp)
+    if rank == 0:
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
+
+
+def _fail_together(error: OSError | None, final: Path, tmp: Path) -> None:
+    """All ranks learn whether any rank failed (one all-reduce); then all raise, rank 0 having removed tmp."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+    if not any_rank(error is not None, device):
+        return
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    why = f"{error.strerror or error}" if error is not None else "another process failed to write its part"
+    raise CheckpointError(f"{final}: saving the sharded checkpoint failed ({why}); the previous checkpoint is kept")
 
 
 def load_sharded_checkpoint(path: Path, *, model, optimizer, teacher, scheduler) -> dict:
