@@ -21,6 +21,7 @@ from string import Template
 
 from .config import ContextConfig, DataConfig
 from .data import DataError, Example
+from .models import template_end_of_turn_id
 
 
 @dataclass
@@ -54,11 +55,16 @@ def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def demonstration_ids(tokenizer, demonstration: str) -> list[int]:
-    return tokenizer(demonstration, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def demonstration_ids(tokenizer, demonstration: str, end_id: int | None = None) -> list[int]:
+    """The SFT/DFT target: the demonstration's tokens + the token the chat template writes after an assistant
+    reply (`end_id`; default models.template_end_of_turn_id, e.g. Gemma's <end_of_turn>, not its <eos>)."""
+    if end_id is None:
+        end_id = template_end_of_turn_id(tokenizer)
+    return tokenizer(demonstration, add_special_tokens=False)["input_ids"] + [end_id]
 
 
-def encode_example(tokenizer, ex: Example, data: DataConfig, ctx: ContextConfig) -> Encoded:
+def encode_example(tokenizer, ex: Example, data: DataConfig, ctx: ContextConfig,
+                   end_id: int | None = None) -> Encoded:
     s = render_prompt_ids(tokenizer, ex.prompt)
     t = render_prompt_ids(tokenizer, teacher_messages(ex, ctx))
     if len(s) > data.max_prompt_tokens:
@@ -70,7 +76,7 @@ def encode_example(tokenizer, ex: Example, data: DataConfig, ctx: ContextConfig)
                         f"template) is {len(t)} tokens, over data.max_teacher_prompt_tokens="
                         f"{data.max_teacher_prompt_tokens}; teacher prompts are never truncated (raise the "
                         f"budget, or set data.on_overlength=skip)")
-    return Encoded(s, t, demonstration_ids(tokenizer, ex.demonstration), ex)
+    return Encoded(s, t, demonstration_ids(tokenizer, ex.demonstration, end_id), ex)
 
 
 def encode_examples(tokenizer, examples: list[Example], data: DataConfig,
@@ -79,9 +85,10 @@ def encode_examples(tokenizer, examples: list[Example], data: DataConfig,
     if not examples:
         raise DataError("no training records (the data file or task split is empty)")
     out, skipped = [], 0
+    end_id = template_end_of_turn_id(tokenizer)
     for ex in examples:
         try:
-            out.append(encode_example(tokenizer, ex, data, ctx))
+            out.append(encode_example(tokenizer, ex, data, ctx, end_id))
         except DataError:
             if data.on_overlength != "skip":
                 raise

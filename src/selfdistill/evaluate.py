@@ -40,6 +40,7 @@ from .config import ContextConfig
 from .contexts import render_prompt_ids, teacher_messages
 from .data import DataError, Example
 from .metrics import wilson_interval
+from .models import end_of_turn_ids, template_end_of_turn_id
 from .train import completion_logits, cut_at_eos, pack
 
 # Held-out general chat prompts for drift_kl: everyday requests unrelated to any training task here.
@@ -76,14 +77,8 @@ def _device(model) -> torch.device:
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(gc_eos, int):
-        ids.add(gc_eos)
-    elif isinstance(gc_eos, (list, tuple)):
-        ids.update(int(i) for i in gc_eos)
-    ids.discard(None)
-    return ids
+    """Every end-of-turn id (models.end_of_turn_ids): evaluation stops where training rollouts do."""
+    return set(end_of_turn_ids(tokenizer, model))
 
 
 class _eval_mode:
@@ -164,8 +159,9 @@ def generate_greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens:
 
 
 def choice_ids(tokenizer, choice: str, include_eos: bool = False) -> list[int]:
+    """The choice's tokens, + the chat template's end-of-turn token when scored as a complete reply."""
     ids = tokenizer(choice, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id] if include_eos else ids
+    return ids + [template_end_of_turn_id(tokenizer)] if include_eos else ids
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, to_dict, to_yaml
 from .contexts import Encoded, encode_examples
 from .data import Example
+from .models import end_of_turn_ids
 from .teacher import Teacher
 
 
@@ -101,8 +102,9 @@ def sample_rollouts(model, tokenizer, prompts: list[list[int]], cfg, seed: int,
     batch = pack(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
     L = batch.input_ids_BL.shape[1] - 1  # pack adds one empty completion column
     torch.manual_seed(seed)
+    eos = set(end_of_turn_ids(tokenizer, model))
     gen = dict(do_sample=not cfg.greedy, max_new_tokens=cfg.max_new_tokens, return_dict_in_generate=True,
-               output_scores=keep_logprobs, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+               output_scores=keep_logprobs, pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos))
     if not cfg.greedy:
         gen.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
     was_training = model.training
@@ -115,7 +117,6 @@ def sample_rollouts(model, tokenizer, prompts: list[list[int]], cfg, seed: int,
                               for i, s in enumerate(out.scores)], 1)
     else:
         chosen = torch.zeros(new.shape)
-    eos = {tokenizer.eos_token_id}
     comps, lps = [], []
     for b in range(new.shape[0]):
         c = cut_at_eos(new[b].tolist(), eos)
