@@ -170,3 +170,28 @@ def build_family(name: str, seed: int = 0, end_of_turn_bias: float = 0.0):
     model = build_family_model(name, tok, seed, end_of_turn_bias)
     set_chat_special_tokens(tok, model)
     return tok, model
+
+
+def script_replies(model, tok, prompt_last_token: int, reply: list[int]):
+    """Make `model` answer every prompt ending in `prompt_last_token` with exactly `reply` (a list of distinct
+    ids), sampled or greedy: a forward hook adds +50 to the logit of the scripted successor of each input token
+    (a bigram table prompt_last -> reply[0] -> reply[1] -> ...). It acts at every position, in training forwards
+    and in KV-cached decoding alike (the logits kept are aligned with the last input ids)."""
+    chain = [prompt_last_token, *reply]
+    if len(set(chain)) != len(chain):
+        raise ValueError("scripted tokens must be distinct")
+    table = dict(zip(chain[:-1], chain[1:]))
+
+    def hook(module, args, kwargs, out):
+        ids_BL = kwargs.get("input_ids", args[0] if args else None)
+        logits_BKV = out.logits
+        K = logits_BKV.shape[1]
+        ids_BK = ids_BL[:, -K:]
+        add_BKV = torch.zeros_like(logits_BKV)
+        for src, dst in table.items():
+            add_BKV[..., dst] += 50.0 * (ids_BK == src).to(logits_BKV.dtype)
+        out.logits = logits_BKV + add_BKV
+        return out
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    return model

@@ -79,6 +79,30 @@ def encode_example(tokenizer, ex: Example, data: DataConfig, ctx: ContextConfig,
     return Encoded(s, t, demonstration_ids(tokenizer, ex.demonstration, end_id), ex)
 
 
+# Reasoning blocks of thinking models (Qwen3, DeepSeek-R1 distills, ...): <think> ... </think>.
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def reasoning_token_ids(tokenizer) -> tuple[int, int] | None:
+    """(open id, close id) when the vocabulary has <think> and </think> as single tokens, else None."""
+    vocab = tokenizer.get_vocab()
+    if THINK_OPEN in vocab and THINK_CLOSE in vocab:
+        return vocab[THINK_OPEN], vocab[THINK_CLOSE]
+    return None
+
+
+def template_has_reasoning(tokenizer) -> bool:
+    """True when the chat template writes reasoning blocks (it mentions <think>)."""
+    return THINK_OPEN in (getattr(tokenizer, "chat_template", None) or "")
+
+
+def prompt_opens_reasoning(prompt_ids: list[int], open_id: int, close_id: int) -> bool:
+    """True when the prompt ends inside a reasoning block (a template that pre-fills <think>)."""
+    last_open = max((i for i, t in enumerate(prompt_ids) if t == open_id), default=-1)
+    last_close = max((i for i, t in enumerate(prompt_ids) if t == close_id), default=-1)
+    return last_open > last_close
+
+
 def encode_examples(tokenizer, examples: list[Example], data: DataConfig,
                     ctx: ContextConfig) -> tuple[list[Encoded], int]:
     """Encode all records; returns (encoded, number skipped for length when data.on_overlength=skip)."""
