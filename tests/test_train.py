@@ -54,13 +54,15 @@ def test_sdft_lowers_its_loss_on_a_fixed_batch(tiny_tok, tmp_path):
     import copy
     from selfdistill.config import ContextConfig, DataConfig
     from selfdistill.contexts import encode_examples
-    from selfdistill.train import sample_rollouts
+    from selfdistill.generation import HFEngine, rollout_spec
     m = build_tiny_model(tiny_tok)
     base = copy.deepcopy(m)
     items, _ = encode_examples(tiny_tok, examples(4), DataConfig(), ContextConfig())
     c = cfg(**{"train.max_steps": 10, "optim.lr": 3e-4, "teacher.kind": "frozen", "train.micro_batch_size": 4,
                "loss.skip_first_tokens": 0, "rollout.greedy": True, "data.shuffle": False})
-    comps, _ = sample_rollouts(m, tiny_tok, [e.student_prompt_ids for e in items], c.rollout, seed=0)
+    spec = rollout_spec(c.rollout, [tiny_tok.eos_token_id])
+    comps = [r.ids for r in HFEngine(m, tiny_tok.pad_token_id).generate([e.student_prompt_ids for e in items],
+                                                                       spec, seed=0)]
     before = _fixed_batch_kl(m, base, tiny_tok, items, comps)
     res = train(c, examples(4), m, tiny_tok, tmp_path / "o")
     after = _fixed_batch_kl(m, base, tiny_tok, items, comps)

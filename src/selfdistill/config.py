@@ -72,6 +72,8 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 2048  # paper: 2048 (skills), 1024 (knowledge)
     greedy: bool = False  # deterministic rollouts (tests, distributed equivalence)
+    top_k: int = 0  # 0 = off (the paper samples with no top-k)
+    engine: str = "hf"  # hf (transformers.generate on the live weights) | vllm (optional extra; see README)
 
 
 @dataclass
@@ -161,6 +163,7 @@ PRESET_DEVIATIONS = {
 
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
+    "rollout.engine": ("hf", "vllm"),
     "data.on_overlength": ("error", "skip"),
     "loss.divergence": ("forward_kl", "reverse_kl", "jsd"),
     "loss.support": ("full", "top_k"),
@@ -307,6 +310,7 @@ def validate(cfg: Config) -> None:
     need(cfg.rollout.temperature > 0, "rollout.temperature must be > 0 (use rollout.greedy for argmax)")
     need(0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
     need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    need(cfg.rollout.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)")
     need(cfg.loss.top_k >= 1, "loss.top_k must be >= 1")
     need(0 < cfg.loss.jsd_beta < 1, "loss.jsd_beta must be in (0, 1)")
     need(cfg.loss.skip_first_tokens >= 0, "loss.skip_first_tokens must be >= 0")

@@ -1,8 +1,8 @@
 """Evaluation: greedy generation, choice log-likelihoods, task accuracy, drift from the base model, the probe.
 
-* :func:`generate_greedy` — chat-templated, batched, left-padded greedy decoding with the KV cache; stops at EOS;
-  outputs decoded without special tokens, returned in input order (batches are formed from length-sorted prompts,
-  which does not change any output: each row is decoded exactly as it would be alone).
+* :func:`generate_greedy` — chat-templated greedy replies through :mod:`selfdistill.generation` (the one module
+  that generates, for training and evaluation alike; `engine=` picks hf or vllm); stops at every end-of-turn id;
+  outputs decoded without special tokens, returned in input order.
 * :func:`choice_logliks` — log-likelihood of each choice as the assistant's reply. **Convention used everywhere
   here, the retention suite included:** the SUMMED log-probability of the choice's tokens right after the
   chat-templated prompt (lm-eval's `acc` convention), i.e. ``log p(reply starts with choice)``, unnormalised.
@@ -41,8 +41,10 @@ from .contexts import (prompt_opens_reasoning, reasoning_token_ids, render_promp
                        template_has_reasoning)
 from .data import DataError, Example
 from .metrics import wilson_interval
-from .models import end_of_turn_ids, template_end_of_turn_id
-from .train import completion_logits, cut_at_eos, pack
+from .models import template_end_of_turn_id
+from .generation import eval_mode as _eval_mode
+from .generation import greedy_completions as greedy_ids
+from .train import completion_logits, pack
 
 # Held-out general chat prompts for drift_kl: everyday requests unrelated to any training task here.
 DRIFT_PROMPTS: list[str] = [
@@ -77,70 +79,8 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
-    """Every end-of-turn id (models.end_of_turn_ids): evaluation stops where training rollouts do."""
-    return set(end_of_turn_ids(tokenizer, model))
-
-
-class _eval_mode:
-    """model.eval() inside, the previous train/eval state restored after."""
-
-    def __init__(self, *models):
-        self.models = models
-        self.was = []
-
-    def __enter__(self):
-        self.was = [m.training for m in self.models]
-        for m in self.models:
-            m.eval()
-        return self
-
-    def __exit__(self, *exc):
-        for m, w in zip(self.models, self.was):
-            m.train(w)
-        return False
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Generation
-
-
-@torch.no_grad()
-def greedy_ids(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
-               batch_size: int = 16) -> list[list[int]]:
-    """Greedy completion token ids for already-tokenised prompts, cut after the first EOS (EOS kept).
-
-    Prompts are sorted by length (longest first) and decoded in left-padded batches with the KV cache; the
-    result is in input order.
-    """
-    if not prompt_ids:
-        return []
-    if max_new_tokens < 1:
-        return [[] for _ in prompt_ids]
-    device = _device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = _eos_ids(model, tokenizer)
-    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
-    out: list[list[int]] = [[] for _ in prompt_ids]
-    bs = max(1, int(batch_size))
-    with _eval_mode(model):
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
-            L = max(len(prompt_ids[i]) for i in idx)
-            ids = torch.full((len(idx), L), pad, dtype=torch.long)
-            att = torch.zeros((len(idx), L), dtype=torch.long)
-            for r, i in enumerate(idx):
-                p = prompt_ids[i]
-                ids[r, L - len(p):] = torch.tensor(p, dtype=torch.long)
-                att[r, L - len(p):] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), do_sample=False,
-                                 num_beams=1, max_new_tokens=int(max_new_tokens), use_cache=True,
-                                 pad_token_id=pad, eos_token_id=sorted(eos_ids),
-                                 temperature=None, top_p=None, top_k=None)
-            new = gen[:, L:].tolist()
-            for r, i in enumerate(idx):
-                out[i] = cut_at_eos(new[r], eos_ids)
-    return out
+# Generation: every greedy decode goes through selfdistill.generation (one engine interface for all callers)
 
 
 def decode_completion(tokenizer, ids: list[int]) -> str:
@@ -177,10 +117,10 @@ def resolve_strip_thinking(tokenizer, strip_thinking: bool | str | None) -> bool
 
 
 def generate_greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
-                    batch_size: int = 16) -> list[str]:
+                    batch_size: int = 16, engine=None) -> list[str]:
     """Greedy replies to chat prompts (lists of messages), in input order, decoded without special tokens."""
     ids = [render_prompt_ids(tokenizer, p) for p in prompts]
-    comps = greedy_ids(model, tokenizer, ids, max_new_tokens, batch_size)
+    comps = greedy_ids(model, tokenizer, ids, max_new_tokens, batch_size, engine=engine)
     return [decode_completion(tokenizer, c) for c in comps]
 
 

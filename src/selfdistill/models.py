@@ -132,6 +132,7 @@ def end_of_turn_ids(tokenizer, model=None) -> list[int]:
     tokenizer's EOS (an end of sequence ends the turn too). No duplicates; order kept.
     """
     ids = [template_end_of_turn_id(tokenizer)]
+    model = getattr(model, "module", model)  # DDP; peft forwards generation_config to the base model
     gc = getattr(model, "generation_config", None) if model is not None else None
     ids += _id_list(getattr(gc, "eos_token_id", None))
     ids += _id_list(getattr(tokenizer, "eos_token_id", None))

@@ -1,7 +1,8 @@
 """The training loop: SDFT, and the SFT / DFT baselines in the same loop.
 
-One SDFT optimizer step (`sdft_micro_step`, repeated over micro-batches, then `optimizer_step`):
-  1. rollout   y ~ p_theta(. | Ctx_S(x))         student samples from the prompt only (no grad; temperature 1)
+One SDFT optimizer step (`optimizer_step`: `sdft_micro_step` over micro-batches, then the update):
+  1. rollout   y ~ p_theta(. | Ctx_S(x))         student samples from the prompt only (no grad; temperature 1;
+                                                     generation.py: hf or vllm engine, stop at every end of turn)
   2. teacher   q_t = pi_phi(. | Ctx_T(x, c), y_<t)  the teacher (EMA weights) scores the same completion ids
                                                      with the demonstration in its context (inference_mode)
   3. student   p_t = p_theta(. | Ctx_S(x), y_<t)    the student scores them with gradient
@@ -10,6 +11,12 @@ One SDFT optimizer step (`sdft_micro_step`, repeated over micro-batches, then `o
   5. update    AdamW, clip 1.0, cosine schedule; then teacher <- (1 - a) teacher + a student (teacher.py)
 SFT/DFT use the same data order, schedule, logging and checkpoints; their micro step is cross-entropy on the
 demonstration after the student prompt (DFT: weighted by the token's own detached probability).
+With rollout.temperature T != 1, student and teacher logits are divided by T before every softmax of the loss and
+the importance weights (as the official trainer does): the loss compares the distributions actually sampled from.
+
+The file reads top to bottom: batches; the micro steps; `setup` (model, float32 master weights, teacher,
+optimizer, wrapping, engine, resume) -> `Run`; `optimizer_step` (the same for 1 process and DDP); progress,
+logging and saving; `train`, the loop that ties them together.
 
 Layout of a packed batch (rollouts and scoring share it, so positions line up exactly):
     [left padding | prompt ids | completion ids | right padding]
@@ -20,10 +27,8 @@ by the logits at column P + t - 1. Position ids come from the attention mask.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -35,11 +40,11 @@ import numpy as np
 import torch
 
 from . import losses
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, to_dict, to_yaml
-from .contexts import Encoded, encode_examples
+from .contexts import Encoded, encode_examples, prompt_opens_reasoning, reasoning_token_ids
 from .data import Example
-from .models import end_of_turn_ids
+from .generation import GenerationAborted, derive_seed
 from .teacher import Teacher
 
 
@@ -86,86 +91,77 @@ def completion_logits(model, batch: Packed) -> torch.Tensor:
     return out.logits[:, :-1, :]
 
 
-def cut_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            return ids[:i + 1]
-    return ids
-
-
-@torch.no_grad()
-def sample_rollouts(model, tokenizer, prompts: list[list[int]], cfg, seed: int,
-                    keep_logprobs: bool = True) -> tuple[list[list[int]], list[list[float]]]:
-    """On-policy completions from the student (batched, KV cache, left padding); and their sampling log-probs
-    (only when `keep_logprobs`: they cost a [B, T, V] tensor and are needed only for importance weights)."""
-    device = next(model.parameters()).device
-    batch = pack(prompts, [[]] * len(prompts), tokenizer.pad_token_id, device)
-    L = batch.input_ids_BL.shape[1] - 1  # pack adds one empty completion column
-    torch.manual_seed(seed)
-    eos = set(end_of_turn_ids(tokenizer, model))
-    gen = dict(do_sample=not cfg.greedy, max_new_tokens=cfg.max_new_tokens, return_dict_in_generate=True,
-               output_scores=keep_logprobs, pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos))
-    if not cfg.greedy:
-        gen.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-    was_training = model.training
-    model.eval()
-    out = model.generate(input_ids=batch.input_ids_BL[:, :L], attention_mask=batch.attention_mask_BL[:, :L], **gen)
-    model.train(was_training)
-    new = out.sequences[:, L:]
-    if keep_logprobs:  # processed scores = the sampler's distribution
-        chosen = torch.stack([s.float().log_softmax(-1).gather(-1, new[:, i:i + 1]).squeeze(-1)
-                              for i, s in enumerate(out.scores)], 1)
-    else:
-        chosen = torch.zeros(new.shape)
-    comps, lps = [], []
-    for b in range(new.shape[0]):
-        c = cut_at_eos(new[b].tolist(), eos)
-        comps.append(c)
-        lps.append(chosen[b, :len(c)].tolist())
-    return comps, lps
-
-
 # ----------------------------------------------------------------------------------------------------------
 # One micro-step of each method. Each returns (loss to backpropagate, metrics).
 
 
-def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], cfg: Config, seed: int,
-                    num_sequences_total: int, amp, timings: dict) -> tuple[torch.Tensor, dict, list]:
+def tempered(logits_BTV: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits divided by the rollout temperature, as the official trainer does before every softmax in the
+    loss and the importance weights: the distributions compared are the ones the rollouts were sampled from."""
+    return logits_BTV if temperature == 1.0 else logits_BTV / temperature
+
+
+def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[float]], cfg: Config):
+    """Truncated IS weight per sequence: trainer log-probs vs the sampler's (engine) log-probs."""
+    train_lp_BT = student_logits_BTV.detach().float().log_softmax(-1).gather(
+        -1, sb.completion_ids_BT.unsqueeze(-1)).squeeze(-1)
+    sampler_BT = torch.zeros_like(train_lp_BT)
+    for b, lp in enumerate(sampler_lps):
+        sampler_BT[b, :len(lp)] = torch.tensor(lp)
+    mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens)
+    return losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT, cap=cfg.loss.importance_cap)
+
+
+def think_ids(tokenizer) -> tuple[int, int]:
+    """The <think> / </think> ids loss.mask_reasoning needs; a one-line error when the model has none."""
+    ids = reasoning_token_ids(tokenizer)
+    if ids is None:
+        raise TrainingError("loss.mask_reasoning=true, but the tokenizer has no <think> and </think> tokens (not a "
+                            "thinking model); set loss.mask_reasoning=false")
+    return ids
+
+
+def reasoning_keep_mask(tokenizer, student_prompts: list[list[int]], sb: Packed) -> torch.Tensor:
+    """loss.mask_reasoning: False on the rollouts' reasoning-block tokens (losses.reasoning_mask_BT)."""
+    o, c = think_ids(tokenizer)
+    inside_B = torch.tensor([prompt_opens_reasoning(p, o, c) for p in student_prompts])
+    return ~losses.reasoning_mask_BT(sb.completion_ids_BT, o, c, inside_B)
+
+
+def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: list[Encoded], cfg: Config,
+                    seed: int, num_sequences_total: int, amp, timings: dict,
+                    should_stop=None, on_tokens=None) -> tuple[torch.Tensor, dict, list]:
     device = next(model.parameters()).device
     R = cfg.rollout.num_rollouts
     student_prompts = [e.student_prompt_ids for e in items for _ in range(R)]
     teacher_prompts = [e.teacher_prompt_ids for e in items for _ in range(R)]
-    gen_model = getattr(model, "module", model)  # generate on the unwrapped model (DDP)
+    T = 1.0 if cfg.rollout.greedy else cfg.rollout.temperature
 
     t0 = time.perf_counter()
-    with amp():
-        completions, sampler_lps = sample_rollouts(gen_model, tokenizer, student_prompts, cfg.rollout, seed,
-                                                   keep_logprobs=cfg.loss.importance_weights)
+    with amp():  # 1. rollout: the student samples from the prompt alone
+        rollouts = engine.generate(student_prompts, spec, seed=seed, want_logprobs=cfg.loss.importance_weights,
+                                   should_stop=should_stop, on_tokens=on_tokens)
+    completions = [r.ids for r in rollouts]
     t1 = time.perf_counter()
-    with torch.inference_mode(), amp(), teacher.scoring() as teacher_model:
+    with torch.inference_mode(), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
         teacher_logits_BTV = completion_logits(teacher_model, pack(teacher_prompts, completions,
                                                                    tokenizer.pad_token_id, device)).float()
-    teacher_logits_BTV = teacher_logits_BTV.clone()  # leave inference mode: a normal tensor for autograd
+    teacher_logits_BTV = tempered(teacher_logits_BTV.clone(), T)  # clone: leave inference mode for autograd
     t2 = time.perf_counter()
     timings["student"] -= t2  # forward + loss here, backward in the loop: both count as "student"
     sb = pack(student_prompts, completions, tokenizer.pad_token_id, device)
-    with amp():
-        student_logits_BTV = completion_logits(model, sb)
-    weights_B = None
-    if cfg.loss.importance_weights:
-        train_lp_BT = student_logits_BTV.detach().float().log_softmax(-1).gather(
-            -1, sb.completion_ids_BT.unsqueeze(-1)).squeeze(-1)
-        sampler_BT = torch.zeros_like(train_lp_BT)
-        for b, lp in enumerate(sampler_lps):
-            sampler_BT[b, :len(lp)] = torch.tensor(lp)
-        mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens)
-        weights_B = losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT, cap=cfg.loss.importance_cap)
-    loss, metrics = losses.distillation_loss(
+    with amp():  # 3. the student scores them with gradient
+        student_logits_BTV = tempered(completion_logits(model, sb), T)
+    weights_B = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
+        if cfg.loss.importance_weights else None
+    keep_BT = reasoning_keep_mask(tokenizer, student_prompts, sb) if cfg.loss.mask_reasoning else None
+    loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
         student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT,
         divergence=cfg.loss.divergence, support=cfg.loss.support, top_k=cfg.loss.top_k,
         topk_from=cfg.loss.topk_from, jsd_beta=cfg.loss.jsd_beta, skip_first_tokens=cfg.loss.skip_first_tokens,
         num_sequences_total=num_sequences_total, importance_weights_B=weights_B,
-        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None)  # top-k: not chunked
+        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None,  # top-k: not chunked
+        keep_mask_BT=keep_BT)
     timings["generate"] += t1 - t0
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
@@ -189,7 +185,7 @@ def sft_micro_step(model, tokenizer, items: list[Encoded], cfg: Config, num_sequ
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The loop
+# Setup: model, teacher, optimizer, schedule, wrapping, resume
 
 
 @dataclass
@@ -203,10 +199,6 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def derive_seed(*parts: int) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "little")
-
-
 def data_order(n: int, seed: int, shuffle: bool, upto: int) -> list[int]:
     """Indices of the first `upto` prompts in training order: epochs of seeded permutations."""
     order: list[int] = []
@@ -218,16 +210,40 @@ def data_order(n: int, seed: int, shuffle: bool, upto: int) -> list[int]:
     return order[:upto]
 
 
-class _StopFlag:
+class StepAborted(Exception):
+    """A stop signal arrived during a step's rollouts or teacher pass: the step is abandoned, no update."""
+
+
+class StopFlag:
+    """SIGINT/SIGTERM handler: the first signal asks for a stop (the unfinished step is abandoned and the last
+    finished step is checkpointed, within seconds); a second one stops at once."""
+
     def __init__(self):
         self.signal = None
 
     def __call__(self, signum, frame):
-        if self.signal is not None:  # second Ctrl-C: stop now
+        if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        print(f"\n[selfdistill] {self.signal}: finishing the current step, then saving a checkpoint ...",
+        print(f"\n[selfdistill] {self.signal}: abandoning the current step, saving the last finished one ...",
               file=sys.stderr)
+
+    def is_set(self) -> bool:
+        return self.signal is not None
+
+    @contextlib.contextmanager
+    def installed(self):
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, self)
+            except ValueError:  # not the main thread
+                pass
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 def _check_output_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
@@ -265,6 +281,307 @@ def build_model_for_training(model, cfg: Config):
     return model
 
 
+def float32_master_weights(model, cfg: Config) -> tuple[object, bool]:
+    """bf16 weights train as float32 master weights with bf16 compute (autocast): AdamW on bf16 weights loses
+    every update below bf16's resolution (2**-8 relative). Returns (model, autocast on?). The final model is
+    saved in bf16 again. Memory: 4 bytes per weight instead of 2 while training; see README."""
+    floating = [p for p in model.parameters() if p.is_floating_point()]
+    if not any(p.dtype == torch.bfloat16 for p in floating):
+        return model, cfg.train.bf16
+    return model.float(), True
+
+
+def make_optimizer(params, cfg: Config, device):
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                  eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))  # one kernel, not a per-tensor loop
+    if cfg.optim.schedule == "cosine":
+        return optimizer, get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
+    return optimizer, get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds between steps."""
+    cfg: Config
+    acc: object  # accelerate.Accelerator
+    out: Path
+    model: torch.nn.Module  # the unwrapped student (saved, evaluated)
+    wrapped: torch.nn.Module  # what forward/backward run on (DDP-wrapped when several processes)
+    tokenizer: object
+    teacher: Teacher | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    params: list
+    encoded: list[Encoded]
+    skipped_records: int
+    order: list[int]
+    engine: object
+    spec: object  # generation.SamplingSpec of the rollouts
+    autocast: bool
+    step: int = 0
+    skipped_steps: int = 0
+    save_dtype: torch.dtype | None = None
+
+    @property
+    def world(self) -> int:
+        return self.acc.num_processes
+
+    @property
+    def per_rank(self) -> int:
+        return self.cfg.train.prompts_per_step // self.world
+
+    @property
+    def n_micro(self) -> int:
+        return self.per_rank // self.cfg.train.micro_batch_size
+
+    def amp(self):
+        return torch.autocast(device_type=self.acc.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+
+def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, resume: bool, overwrite: bool,
+          accelerator=None) -> Run:
+    from accelerate import Accelerator
+
+    from .generation import make_engine, rollout_spec, stop_ids_for
+
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    if acc.is_main_process:
+        _check_output_dir(out, cfg, resume, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    torch.manual_seed(cfg.train.seed)
+    encoded, skipped = encode_examples(tokenizer, examples, cfg.data, cfg.context)
+    if cfg.train.method == "sdft" and cfg.loss.mask_reasoning:
+        think_ids(tokenizer)  # fail before any work
+    save_dtype = next(model.parameters()).dtype
+    model, autocast = float32_master_weights(build_model_for_training(model, cfg), cfg)
+    model.to(acc.device)
+    teacher = Teacher(model, cfg.teacher.kind, cfg.teacher.ema_rate) if cfg.train.method == "sdft" else None
+    if teacher is not None and teacher.copy is not None:
+        teacher.copy.to(acc.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(params, cfg, acc.device)
+    wrapped = acc.prepare_model(model) if acc.num_processes > 1 else model
+    if acc.num_processes > 1 and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        raise TrainingError(f"distributed type {acc.distributed_type.name}: only DDP data parallel is supported; "
+                            f"FSDP/DeepSpeed would need sharding-aware backward, clipping and EMA teacher "
+                            f"(docs/multi_gpu.md)")
+    P, mb = cfg.train.prompts_per_step, cfg.train.micro_batch_size
+    if P % (acc.num_processes * mb):
+        raise TrainingError(f"train.prompts_per_step={P} must be a multiple of processes x micro_batch_size "
+                            f"= {acc.num_processes} x {mb}")
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg) if cfg.train.method == "sdft" else None
+    spec = rollout_spec(cfg.rollout, stop_ids_for(tokenizer, model))
+    run = Run(cfg, acc, out, model, wrapped, tokenizer, teacher, optimizer, scheduler, params, encoded, skipped,
+              data_order(len(encoded), cfg.train.seed, cfg.data.shuffle, cfg.train.max_steps * P), engine, spec,
+              autocast, save_dtype=save_dtype if save_dtype != torch.float32 else None)
+    if resume:
+        _resume(run)
+    return run
+
+
+def _resume(run: Run) -> None:
+    ck = latest_checkpoint(run.out / "checkpoints")
+    if ck is None:
+        return
+    teacher_sd, state = load_checkpoint(ck, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
+    if run.teacher is not None:
+        run.teacher.load_state_dict(teacher_sd)
+    run.step, run.skipped_steps = state["step"], state.get("skipped_steps", 0)
+    if run.engine is not None:
+        run.engine.sync_weights(run.model)
+    if run.acc.is_main_process:
+        print(f"[selfdistill] resumed from {ck} at step {run.step}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One optimizer step: micro-batches (gradient accumulation), clip, update, EMA teacher, engine weights
+
+
+def _stop_agreed(run: Run, stop: StopFlag) -> bool:
+    """Whether to abandon the step; all ranks agree (one would otherwise wait in a collective forever)."""
+    flag = stop.is_set()
+    if run.world > 1:
+        flag = bool(run.acc.reduce(torch.tensor([float(flag)], device=run.acc.device), "max").item())
+    return flag
+
+
+def _micro_batch(run: Run, i: int, stop: StopFlag, timings: dict, progress) -> tuple[torch.Tensor, dict, list]:
+    cfg, mb = run.cfg, run.cfg.train.micro_batch_size
+    P, rank = cfg.train.prompts_per_step, run.acc.process_index
+    step_idx = run.order[run.step * P + rank * run.per_rank: run.step * P + (rank + 1) * run.per_rank]
+    items = [run.encoded[j] for j in step_idx[i * mb:(i + 1) * mb]]
+    total = run.per_rank * (cfg.rollout.num_rollouts if cfg.train.method == "sdft" else 1)
+    if cfg.train.method != "sdft":
+        return (*sft_micro_step(run.wrapped, run.tokenizer, items, cfg, total, run.amp, cfg.train.method), [])
+    # a stop signal aborts generation at once with one process; with several, ranks agree between micro-batches
+    should_stop = stop.is_set if run.world == 1 else None
+    return sdft_micro_step(run.wrapped, run.teacher, run.engine, run.spec, run.tokenizer, items, cfg,
+                           derive_seed(cfg.train.seed, run.step, rank * run.n_micro + i), total, run.amp, timings,
+                           should_stop=should_stop, on_tokens=progress.tokens)
+
+
+def _apply_update(run: Run, nonfinite: bool, agg: dict) -> float:
+    """Clip, then update (or skip/stop on a non-finite loss or gradient). Returns the gradient norm."""
+    cfg = run.cfg
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.max_grad_norm)
+    nonfinite = nonfinite or not bool(torch.isfinite(grad_norm))
+    if run.world > 1:
+        flag = torch.tensor([float(nonfinite)], device=run.acc.device)
+        nonfinite = bool(run.acc.reduce(flag, "max").item())
+    if nonfinite:
+        run.optimizer.zero_grad(set_to_none=True)
+        if cfg.train.on_nonfinite == "stop":
+            raise TrainingError(f"non-finite loss or gradient at step {run.step + 1} (loss={agg.get('loss')}, "
+                                f"grad_norm={float(grad_norm)}); stopped without updating. Last good "
+                                f"checkpoint: {latest_checkpoint(run.out / 'checkpoints') or 'none'}. Lower "
+                                f"optim.lr, or set train.on_nonfinite=skip to skip such steps")
+        run.skipped_steps += 1
+        return float(grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    if run.teacher is not None:
+        run.teacher.update()  # 5. teacher <- (1 - a) teacher + a student, after the update
+    if run.engine is not None:
+        run.engine.sync_weights(run.model)
+    return float(grad_norm)
+
+
+def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
+    """One optimizer step, the same code for 1 process and DDP. Returns the step's metrics record.
+    Raises StepAborted (gradients cleared, nothing updated) when a stop arrives before the update."""
+    cfg = run.cfg
+    timings = {"generate": 0.0, "teacher": 0.0, "student": 0.0, "optimizer": 0.0}
+    t_step = time.perf_counter()
+    agg: dict[str, float] = {}
+    previews: list[str] = []
+    nonfinite = False
+    run.model.train()
+    try:
+        for i in range(run.n_micro):
+            if _stop_agreed(run, stop):
+                raise StepAborted()
+            progress.micro(i, run.n_micro)
+            last = i == run.n_micro - 1
+            sync = run.acc.no_sync(run.wrapped) if (run.world > 1 and not last) else contextlib.nullcontext()
+            with sync:
+                loss, m, comps = _micro_batch(run, i, stop, timings, progress)
+                ts = time.perf_counter()
+                nonfinite |= not bool(torch.isfinite(loss))
+                loss.backward()
+                timings["student"] += time.perf_counter() - ts
+            if len(previews) < cfg.log.rollout_examples:
+                previews += [run.tokenizer.decode(c[:16])[:cfg.log.rollout_preview_chars] for c in comps]
+            for k, v in m.items():
+                if k != "loss":  # m["loss"] is this micro-batch's share of the step loss: summed below
+                    agg[k] = agg.get(k, 0.0) + v / run.n_micro
+            agg["loss"] = agg.get("loss", 0.0) + float(loss.detach())
+    except (StepAborted, GenerationAborted):
+        run.optimizer.zero_grad(set_to_none=True)
+        raise StepAborted() from None
+    to = time.perf_counter()
+    grad_norm = _apply_update(run, nonfinite, agg)
+    timings["optimizer"] += time.perf_counter() - to
+    run.step += 1
+    return _record(run, agg, grad_norm, timings, time.perf_counter() - t_step, previews)
+
+
+def _record(run: Run, agg: dict, grad_norm: float, timings: dict, dt: float, previews: list[str]) -> dict:
+    if run.world > 1:
+        keys = sorted(agg)
+        vec = run.acc.reduce(torch.tensor([agg[k] for k in keys], device=run.acc.device), "mean")
+        agg = dict(zip(keys, vec.tolist()))
+    rec = {"step": run.step, "method": run.cfg.train.method, **{k: round(v, 6) for k, v in agg.items()},
+           "grad_norm": grad_norm, "lr": run.scheduler.get_last_lr()[0],
+           "tokens_per_s": agg.get("completion_tokens", 0.0) * run.n_micro * run.world / max(dt, 1e-9),
+           "step_time_s": dt, **{f"time_{k}_s": v for k, v in timings.items()},
+           "skipped_steps": run.skipped_steps}
+    if previews and (run.step % run.cfg.log.every == 0 or run.step == 1):
+        rec["rollout_preview"] = previews[:run.cfg.log.rollout_examples]
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Progress, logging, saving
+
+
+class Progress:
+    """The step bar (with tqdm's remaining-time estimate) and, inside a step, micro-batches done and rollout
+    tokens generated, refreshed at most twice a second."""
+
+    def __init__(self, run: Run, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=run.cfg.train.max_steps, initial=run.step, disable=not enabled,
+                        desc=run.cfg.train.method, dynamic_ncols=True, file=sys.stderr)
+        self.enabled, self.n_tokens, self.i, self.n, self.last = enabled, 0, 0, 1, 0.0
+        self.metrics = ""
+
+    def micro(self, i: int, n: int) -> None:
+        self.i, self.n = i, n
+        self._show(force=True)
+
+    def tokens(self, n: int) -> None:
+        self.n_tokens += n
+        self._show()
+
+    def _show(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self.last < 0.5):
+            return
+        self.last = now
+        inside = f"micro-batch {self.i + 1}/{self.n}, {self.n_tokens} rollout tokens"
+        self.bar.set_postfix_str(f"{self.metrics}{' | ' if self.metrics else ''}{inside}", refresh=True)
+
+    def step_done(self, rec: dict) -> None:
+        kl_key = next((k for k in ("forward_kl", "reverse_kl", "jsd", "ce") if k in rec), "loss")
+        self.metrics = f"loss={rec.get('loss', 0):.4f} {kl_key}={rec.get(kl_key, 0):.4f} " \
+                       f"tok/s={rec['tokens_per_s']:.0f}"
+        self.n_tokens = 0
+        self.bar.set_postfix_str(self.metrics, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class MetricsLog:
+    """metrics.jsonl (and tensorboard/trackio) on the main process."""
+
+    def __init__(self, run: Run):
+        self.main = run.acc.is_main_process
+        self.f = open(run.out / "metrics.jsonl", "a", encoding="utf-8") if self.main else None
+        if self.main:
+            (run.out / "selfdistill.yaml").write_text(to_yaml(run.cfg))
+        self.writer = _tracker(run.cfg, run.out) if self.main else None
+
+    def write(self, rec: dict) -> None:
+        if not self.main:
+            return
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+        if self.writer is not None:
+            self.writer(rec, rec["step"])
+
+    def close(self) -> None:
+        if self.f:
+            self.f.close()
+
+
+def save(run: Run) -> None:
+    """A checkpoint of the last finished step (rank 0 writes; every rank waits)."""
+    _save(run.acc, run.out / "checkpoints", run.step, run.model, run.teacher, run.optimizer, run.scheduler,
+          run.skipped_steps, run.cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
 def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: str | Path, *,
           resume: bool = False, overwrite: bool = False, on_step: Callable[[int, object], dict | None] | None = None,
           eval_every: int = 0, accelerator=None, stop_after: int | None = None) -> TrainResult:
@@ -272,194 +589,55 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
 
     `on_step(step, model)` is called every `eval_every` steps (and at the end) on the main process; what it
     returns is logged. `stop_after` stops (with a checkpoint) after that many steps of this call — for tests.
+    A stop signal (SIGINT/SIGTERM) abandons the unfinished step and checkpoints the last finished one.
     """
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    out = Path(output_dir)
-    if acc.is_main_process:
-        _check_output_dir(out, cfg, resume, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-    acc.wait_for_everyone()
-    method = cfg.train.method
-    torch.manual_seed(cfg.train.seed)
-    encoded, skipped = encode_examples(tokenizer, examples, cfg.data, cfg.context)
-    model = build_model_for_training(model, cfg)
-    model.to(acc.device)
-    teacher = Teacher(model, cfg.teacher.kind, cfg.teacher.ema_rate) if method == "sdft" else None
-    if teacher is not None and teacher.copy is not None:
-        teacher.copy.to(acc.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                  eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
-                                  fused=acc.device.type in ("cpu", "cuda"))  # one kernel, not a per-tensor loop
-    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-    if cfg.optim.schedule == "cosine":
-        scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
-    else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
-
-    start_step, skipped_steps = 0, 0
-    ckpt_root = out / "checkpoints"
-    if resume and (ck := latest_checkpoint(ckpt_root)) is not None:
-        teacher_sd, state = load_checkpoint(ck, model=model, optimizer=optimizer, scheduler=scheduler)
-        if teacher is not None:
-            teacher.load_state_dict(teacher_sd)
-        start_step, skipped_steps = state["step"], state.get("skipped_steps", 0)
-        if acc.is_main_process:
-            print(f"[selfdistill] resumed from {ck} at step {start_step}", file=sys.stderr)
-
-    ddp_model = acc.prepare_model(model) if acc.num_processes > 1 else model
-    if acc.num_processes > 1 and not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel):
-        raise TrainingError(f"distributed type {acc.distributed_type.name}: only DDP data parallel is supported; "
-                            f"FSDP/DeepSpeed would need sharding-aware backward, clipping and EMA teacher "
-                            f"(docs/multi_gpu.md)")
-    world, rank = acc.num_processes, acc.process_index
-    P, mb = cfg.train.prompts_per_step, cfg.train.micro_batch_size
-    if P % (world * mb):
-        raise TrainingError(f"train.prompts_per_step={P} must be a multiple of processes x micro_batch_size "
-                            f"= {world} x {mb}")
-    per_rank = P // world
-    n_micro = per_rank // mb
-    seqs_total_per_rank = per_rank * (cfg.rollout.num_rollouts if method == "sdft" else 1)
-    order = data_order(len(encoded), cfg.train.seed, cfg.data.shuffle, cfg.train.max_steps * P)
-    use_bf16 = cfg.train.bf16
-
-    def amp():
-        return torch.autocast(device_type=acc.device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    main = acc.is_main_process
-    metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if main else None
-    if main:
-        (out / "selfdistill.yaml").write_text(to_yaml(cfg))
-    writer = _tracker(cfg, out) if main else None
-    stop = _StopFlag()
-    old_handlers = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):  # every rank: each finishes its step before stopping
-        try:
-            old_handlers[sig] = signal.signal(sig, stop)
-        except ValueError:  # not the main thread
-            pass
-    bar = tqdm(total=cfg.train.max_steps, initial=start_step, disable=not (main and cfg.log.progress),
-               desc=method, dynamic_ncols=True, file=sys.stderr)
-    history: list[dict] = []
-    step = start_step
-    steps_this_call = 0
-    t_start = time.perf_counter()
+    run = setup(cfg, examples, model, tokenizer, Path(output_dir), resume=resume, overwrite=overwrite,
+                accelerator=accelerator)
+    main, history, steps_this_call, t_start = run.acc.is_main_process, [], 0, time.perf_counter()
+    log, progress, stop = MetricsLog(run), Progress(run, main and cfg.log.progress), StopFlag()
     stopped_early = False
     try:
-        while step < cfg.train.max_steps:
-            timings = {"generate": 0.0, "teacher": 0.0, "student": 0.0, "optimizer": 0.0}
-            t_step = time.perf_counter()
-            step_idx = order[step * P + rank * per_rank: step * P + (rank + 1) * per_rank]
-            agg: dict[str, float] = {}
-            previews: list[str] = []
-            nonfinite = False
-            model.train()
-            for i in range(n_micro):
-                items = [encoded[j] for j in step_idx[i * mb:(i + 1) * mb]]
-                global_micro = rank * n_micro + i
-                last = i == n_micro - 1
-                sync = acc.no_sync(ddp_model) if (world > 1 and not last) else contextlib.nullcontext()
-                with sync:
-                    if method == "sdft":
-                        loss, m, comps = sdft_micro_step(ddp_model, teacher, tokenizer, items, cfg,
-                                                         derive_seed(cfg.train.seed, step, global_micro),
-                                                         seqs_total_per_rank, amp, timings)
-                        if len(previews) < cfg.log.rollout_examples:
-                            previews += [tokenizer.decode(c[:16])[:cfg.log.rollout_preview_chars] for c in comps]
-                    else:
-                        loss, m = sft_micro_step(ddp_model, tokenizer, items, cfg, seqs_total_per_rank, amp, method)
-                    ts = time.perf_counter()
-                    if not torch.isfinite(loss):
-                        nonfinite = True
-                    loss.backward()
-                    timings["student"] += time.perf_counter() - ts
-                for k, v in m.items():
-                    if k != "loss":  # m["loss"] is this micro-batch's share of the step loss: summed below
-                        agg[k] = agg.get(k, 0.0) + v / n_micro
-                agg["loss"] = agg.get("loss", 0.0) + float(loss.detach())
-            to = time.perf_counter()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-            if world > 1:
-                flag = torch.tensor([float(nonfinite or not torch.isfinite(grad_norm))], device=acc.device)
-                nonfinite = bool(acc.reduce(flag, "max").item())
-            else:
-                nonfinite = nonfinite or not bool(torch.isfinite(grad_norm))
-            if nonfinite:
-                optimizer.zero_grad(set_to_none=True)
-                if cfg.train.on_nonfinite == "stop":
-                    last_ck = latest_checkpoint(ckpt_root)
-                    raise TrainingError(f"non-finite loss or gradient at step {step + 1} (loss={agg.get('loss')}, "
-                                        f"grad_norm={float(grad_norm)}); stopped without updating. Last good "
-                                        f"checkpoint: {last_ck or 'none'}. Lower optim.lr, or set "
-                                        f"train.on_nonfinite=skip to skip such steps")
-                skipped_steps += 1
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if teacher is not None:
-                    teacher.update()
-            timings["optimizer"] += time.perf_counter() - to
-            step += 1
-            steps_this_call += 1
-            dt = time.perf_counter() - t_step
-            if world > 1:
-                keys = sorted(agg)
-                vec = acc.reduce(torch.tensor([agg[k] for k in keys], device=acc.device), "mean")
-                agg = dict(zip(keys, vec.tolist()))
-            rec = {"step": step, "method": method, **{k: round(v, 6) for k, v in agg.items()},
-                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-                   "tokens_per_s": agg.get("completion_tokens", 0.0) * n_micro * world / max(dt, 1e-9),
-                   "step_time_s": dt, **{f"time_{k}_s": v for k, v in timings.items()},
-                   "skipped_steps": skipped_steps}
-            if previews and (step % cfg.log.every == 0 or step == 1):
-                rec["rollout_preview"] = previews[:cfg.log.rollout_examples]
-            stop_now = stop.signal is not None
-            if world > 1:  # all ranks agree on a graceful stop, or one would wait at a barrier forever
-                stop_now = bool(acc.reduce(torch.tensor([float(stop_now)], device=acc.device), "max").item())
-            save_now = (cfg.log.save_every and step % cfg.log.save_every == 0) or stop_now or \
-                (stop_after is not None and steps_this_call >= stop_after)
-            if on_step is not None and main and eval_every and (step % eval_every == 0 or step == cfg.train.max_steps):
-                extra = on_step(step, model) or {}
-                rec.update(extra)
-            if main:
-                history.append(rec)
-                metrics_f.write(json.dumps(rec) + "\n")
-                metrics_f.flush()
-                if writer is not None:
-                    writer(rec, step)
-                kl_key = next((k for k in ("forward_kl", "reverse_kl", "jsd", "ce") if k in rec), "loss")
-                bar.set_postfix({"loss": f"{rec.get('loss', 0):.4f}", kl_key: f"{rec.get(kl_key, 0):.4f}",
-                                 "tok/s": f"{rec['tokens_per_s']:.0f}"}, refresh=False)
-                bar.update(1)
-            if save_now and step < cfg.train.max_steps:
-                _save(acc, ckpt_root, step, model, teacher, optimizer, scheduler, skipped_steps, cfg)
-            if stop_now or (stop_after is not None and steps_this_call >= stop_after and step < cfg.train.max_steps):
-                stopped_early = True
+        with stop.installed():
+            while run.step < cfg.train.max_steps:
+                rng = rng_state()  # restored if the step is abandoned: a resume then replays it exactly
+                try:
+                    rec = optimizer_step(run, stop, progress)
+                except StepAborted:
+                    set_rng_state(rng)
+                    stopped_early = True
+                    break
+                steps_this_call += 1
+                if on_step is not None and main and eval_every and (run.step % eval_every == 0
+                                                                    or run.step == cfg.train.max_steps):
+                    rec.update(on_step(run.step, run.model) or {})
                 if main:
-                    print(f"[selfdistill] stopped at step {step}; checkpoint saved. Resume with the same command "
-                          f"plus --resume", file=sys.stderr)
-                break
+                    history.append(rec)
+                    progress.step_done(rec)
+                log.write(rec)
+                stop_now = _stop_agreed(run, stop) or (stop_after is not None and steps_this_call >= stop_after)
+                if stop_now and run.step < cfg.train.max_steps:
+                    stopped_early = True
+                    break
+                if cfg.log.save_every and run.step % cfg.log.save_every == 0 and run.step < cfg.train.max_steps:
+                    save(run)
     finally:
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if metrics_f:
-            metrics_f.close()
-    result = TrainResult(out, history, model, tokenizer, skipped, skipped_steps, stopped_early)
-    if not stopped_early:
-        _save(acc, ckpt_root, step, model, teacher, optimizer, scheduler, skipped_steps, cfg)
+        progress.close()
+        log.close()
+    if stopped_early:
+        save(run)
         if main:
-            save_final(model, tokenizer, out, cfg)
-            if main and cfg.log.progress:
-                el = time.perf_counter() - t_start
-                print(f"[selfdistill] {method}: {steps_this_call} steps in {el:.1f}s; model saved to {out}",
-                      file=sys.stderr)
-    acc.wait_for_everyone()
-    return result
+            print(f"[selfdistill] stopped at step {run.step}; checkpoint saved. Resume with the same command "
+                  f"plus --resume", file=sys.stderr)
+    else:
+        save(run)
+        if main:
+            save_final(run.model, tokenizer, run.out, cfg, run.save_dtype)
+            if cfg.log.progress:
+                print(f"[selfdistill] {cfg.train.method}: {steps_this_call} steps in "
+                      f"{time.perf_counter() - t_start:.1f}s; model saved to {run.out}", file=sys.stderr)
+    run.acc.wait_for_everyone()
+    return TrainResult(run.out, history, run.model, tokenizer, run.skipped_records, run.skipped_steps,
+                       stopped_early)
 
 
 def _save(acc, root, step, model, teacher, optimizer, scheduler, skipped_steps, cfg):
@@ -471,8 +649,9 @@ def _save(acc, root, step, model, teacher, optimizer, scheduler, skipped_steps, 
     acc.wait_for_everyone()
 
 
-def save_final(model, tokenizer, out: Path, cfg: Config) -> None:
-    """A folder AutoModelForCausalLM.from_pretrained loads: safetensors, tokenizer (chat template), config YAML."""
+def save_final(model, tokenizer, out: Path, cfg: Config, dtype: torch.dtype | None = None) -> None:
+    """A folder AutoModelForCausalLM.from_pretrained loads: safetensors, tokenizer (chat template), config YAML.
+    `dtype`: the weights' dtype as loaded (bf16 models trained on float32 master weights are saved in bf16)."""
     if hasattr(model, "peft_config"):
         if "teacher" in model.peft_config:
             model.save_pretrained(out / "adapter", selected_adapters=["default"])
@@ -484,6 +663,9 @@ def save_final(model, tokenizer, out: Path, cfg: Config) -> None:
             merged.delete_adapter("teacher")
         merged = merged.merge_and_unload()
         merged.save_pretrained(out, safe_serialization=True)
+    elif dtype is not None:
+        import copy
+        copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
     else:
         model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)  # selfdistill.yaml was written when the run started
