@@ -427,3 +427,87 @@ def test_two_sdft_steps_on_the_real_default_model(tmp_path):
     out = m2.generate(ids, max_new_tokens=20, do_sample=False)
     assert len(tok2.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()) > 0
     print(f"2 SDFT steps on the default model: {time.perf_counter() - t0:.1f}s")
+
+
+def test_stop_signal_during_rollout_abandons_the_step_and_resume_is_exact(tiny_tok, tmp_path, monkeypatch):
+    """SIGTERM in the middle of step 2's rollout: no update, checkpoint of step 1, resume equals uninterrupted."""
+    from selfdistill.generation import HFEngine
+    c = cfg(**{"train.max_steps": 3, "rollout.max_new_tokens": 12})
+    full = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), full, tiny_tok, tmp_path / "full")
+    after_one = build_tiny_model(tiny_tok, seed=0)
+    train(cfg(**{"train.max_steps": 3, "rollout.max_new_tokens": 12}), examples(), after_one, tiny_tok,
+          tmp_path / "one", stop_after=1)
+    orig, calls = HFEngine.generate, {"n": 0}
+
+    def generate(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 2, first micro-batch: signal after 4 tokens
+            seen, inner = [], kw["on_tokens"]
+
+            def on_tokens(n):
+                inner(n)
+                seen.append(n)
+                if len(seen) == 4:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            kw["on_tokens"] = on_tokens
+        return orig(self, *a, **kw)
+    monkeypatch.setattr(HFEngine, "generate", generate)
+    part = build_tiny_model(tiny_tok, seed=0)
+    r = train(c, examples(), part, tiny_tok, tmp_path / "part")
+    assert r.stopped_early and calls["n"] == 3 and len(r.metrics) == 1
+    assert latest_checkpoint(tmp_path / "part" / "checkpoints").name == "step-000001"
+    a, b = weights(after_one), weights(part)  # the abandoned step changed nothing
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setattr(HFEngine, "generate", orig)
+    resumed = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), resumed, tiny_tok, tmp_path / "part", resume=True)
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_in_a_2048_token_rollout_exits_within_seconds(tmp_path):
+    ov = {**OV, "rollout.max_new_tokens": 2048, "train.prompts_per_step": 4, "train.micro_batch_size": 4,
+          "train.max_steps": 4, "log.save_every": 0}
+    p = _worker({"overrides": ov, "output": str(tmp_path / "o"), "long_rollouts": True})
+    _wait_for(tmp_path / "o" / "metrics.jsonl", p, timeout=120)
+    while not (tmp_path / "o" / "metrics.jsonl").read_text().strip():  # step 1 done: step 2's rollout runs
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    first = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["completion_len"] > 2000  # the rollouts really are 2048 tokens long
+    time.sleep(0.3 * first["time_generate_s"])  # well inside step 2's rollout
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    elapsed = time.time() - t0
+    assert p.returncode == 0, err
+    assert elapsed < 10, elapsed
+    assert latest_checkpoint(tmp_path / "o" / "checkpoints").name == "step-000001"
+    assert json.loads(out.strip().splitlines()[-1]) == {"steps": 1, "stopped_early": True}
+
+
+def test_rollout_temperature_is_used_in_the_loss_and_importance_weights(tiny_tok, tmp_path):
+    """hf rollouts at T=0.5 with importance weights: the trainer's tempered log-probs equal the sampler's, so every
+    weight is 1 and none is capped (untempered trainer log-probs would give weights far from 1)."""
+    c = cfg(**{"rollout.temperature": 0.5, "loss.importance_weights": True, "train.max_steps": 2})
+    res = train(c, examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o")
+    for rec in res.metrics:
+        assert abs(rec["importance_weight_mean"] - 1.0) < 1e-3 and rec["importance_capped_frac"] == 0.0, rec
+
+
+def test_bf16_weights_train_on_float32_master_weights(tiny_tok, tmp_path):
+    """An update of ~1e-6 survives (it would vanish on bf16 weights), and the saved model is bf16 again."""
+    m = build_tiny_model(tiny_tok).to(torch.bfloat16)
+    w0 = {k: v.float() for k, v in weights(m).items()}
+    c = cfg(**{"train.method": "sft", "train.max_steps": 1, "optim.lr": 1e-6, "optim.schedule": "constant",
+               "model.dtype": "bfloat16"})
+    res = train(c, examples(), m, tiny_tok, tmp_path / "o")
+    w1 = weights(res.model)
+    k = "model.layers.0.mlp.down_proj.weight"
+    delta = (w1[k] - w0[k]).abs()
+    assert w1[k].dtype == torch.float32 and 5e-7 < float(delta.max()) < 2e-6
+    assert float((delta > 0).float().mean()) > 0.9  # nearly every weight moved by ~lr
+    same_in_bf16 = (w1[k].to(torch.bfloat16) == w0[k].to(torch.bfloat16)).float().mean()
+    assert float(same_in_bf16) > 0.98  # on bf16 weights almost every one of those updates would be lost
+    assert _final_weights(tmp_path / "o")[k].dtype == torch.bfloat16

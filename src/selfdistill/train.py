@@ -102,14 +102,18 @@ def tempered(logits_BTV: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[float]], cfg: Config):
-    """Truncated IS weight per sequence: trainer log-probs vs the sampler's (engine) log-probs."""
+    """Truncated IS weight per sequence (trainer log-probs vs the sampler's), and the fraction of loss tokens
+    whose ratio hit the cap."""
     train_lp_BT = student_logits_BTV.detach().float().log_softmax(-1).gather(
         -1, sb.completion_ids_BT.unsqueeze(-1)).squeeze(-1)
     sampler_BT = torch.zeros_like(train_lp_BT)
     for b, lp in enumerate(sampler_lps):
         sampler_BT[b, :len(lp)] = torch.tensor(lp)
-    mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens)
-    return losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT, cap=cfg.loss.importance_cap)
+    mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens).bool()
+    capped = ((train_lp_BT - sampler_BT) >= math.log(cfg.loss.importance_cap)) & mask_BT
+    capped_frac = float(capped.sum()) / max(float(mask_BT.sum()), 1.0)
+    return losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT,
+                                              cap=cfg.loss.importance_cap), capped_frac
 
 
 def think_ids(tokenizer) -> tuple[int, int]:
@@ -152,8 +156,8 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     sb = pack(student_prompts, completions, tokenizer.pad_token_id, device)
     with amp():  # 3. the student scores them with gradient
         student_logits_BTV = tempered(completion_logits(model, sb), T)
-    weights_B = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
-        if cfg.loss.importance_weights else None
+    weights_B, capped_frac = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
+        if cfg.loss.importance_weights else (None, None)
     keep_BT = reasoning_keep_mask(tokenizer, student_prompts, sb) if cfg.loss.mask_reasoning else None
     loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
         student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT,
@@ -165,6 +169,8 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     timings["generate"] += t1 - t0
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
+    if capped_frac is not None:
+        metrics["importance_capped_frac"] = capped_frac
     metrics["completion_tokens"] = float(sb.completion_mask_BT.sum())
     metrics["completion_len"] = metrics["completion_tokens"] / len(completions)
     return loss, metrics, completions
