@@ -158,7 +158,7 @@ def build_family_model(name: str, tok, seed: int = 0, end_of_turn_bias: float = 
     if end_of_turn_bias:
         bias_V = torch.zeros(len(tok))
         bias_V[ids(fam.end_of_turn)] = end_of_turn_bias
-        model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias_V.to(out.dtype))
+        model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias_V.to(out.device, out.dtype))
     return model
 
 
