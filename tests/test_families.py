@@ -121,3 +121,19 @@ def test_template_without_a_special_turn_end_is_a_clear_error():
     tok.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
     with pytest.raises(ModelError, match=r"ends an assistant reply with '', not a special token|not a special"):
         end_of_turn_ids(tok)
+
+
+def test_cli_names_the_model_folder_when_its_template_has_no_turn_end(tmp_path, capsys):
+    from selfdistill.cli import main
+
+    tok = build_family_tokenizer("llama3")
+    tok.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    build_family_model("llama3", tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "What is 2 + 7?", "demonstration": "9"}\n' * 2)
+    capsys.readouterr()  # the save's progress bars
+    assert main(["train", "--model", str(tmp_path / "m"), "--data", str(data), "--output", str(tmp_path / "o"),
+                 "--max-steps", "1"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if "error" in x]  # not transformers' loading bars
+    assert len(err) == 1 and str(tmp_path / "m") in err[0] and "not a special token" in err[0]
