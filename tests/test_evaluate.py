@@ -165,8 +165,7 @@ def test_evaluate_task_generate_counts_like_an_independent_count(tiny_tok, varie
     r = ev.evaluate_task(varied, tok, task, batch_size=3)
     assert r["n"] == 4 and r["correct"] == sum(want) and r["accuracy"] == pytest.approx(sum(want) / 4)
     assert [it["correct"] for it in r["items"]] == want
-    lo, hi = r["ci95"]
-    assert 0 <= lo <= r["accuracy"] <= hi <= 1
+    assert tuple(r["ci95"]) == ev.wilson_interval(sum(want), 4)  # the interval of this count (its values: test_metrics)
     assert r["items"][0]["id"] == "x0" and r["items"][0]["reference"] == "demo 0"
     assert ev.evaluate_task(varied, tok, task, limit=2)["n"] == 2
 
