@@ -12,7 +12,8 @@ One SDFT optimizer step (`optimizer_step`: `sdft_micro_step` over micro-batches,
 SFT/DFT use the same data order, schedule, logging and checkpoints; their micro step is cross-entropy on the
 demonstration after the student prompt (DFT: weighted by the token's own detached probability).
 With rollout.temperature T != 1, student and teacher logits are divided by T before every softmax of the loss and
-the importance weights (as the official trainer does): the loss compares the distributions actually sampled from.
+the importance weights (as the official trainer and TRL's SDFTTrainer do): the loss compares the distributions
+actually sampled from.
 
 The file reads top to bottom: batches; the micro steps; `setup` (model, float32 master weights, teacher,
 optimizer, wrapping, engine, resume) -> `Run`; `optimizer_step` (the same for 1 process and DDP); progress,
