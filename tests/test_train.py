@@ -359,7 +359,7 @@ def test_kill_during_save_leaves_previous_checkpoint(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigterm_finishes_step_saves_and_says_how_to_resume(tmp_path):
+def test_sigterm_saves_the_last_finished_step_and_says_how_to_resume(tmp_path):
     ov = {**OV, "log.save_every": 0, "train.max_steps": 200}
     p = _worker({"overrides": ov, "output": str(tmp_path / "o")})
     _wait_for(tmp_path / "o" / "metrics.jsonl", p)

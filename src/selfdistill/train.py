@@ -12,7 +12,8 @@ One SDFT optimizer step (`optimizer_step`: `sdft_micro_step` over micro-batches,
 SFT/DFT use the same data order, schedule, logging and checkpoints; their micro step is cross-entropy on the
 demonstration after the student prompt (DFT: weighted by the token's own detached probability).
 With rollout.temperature T != 1, student and teacher logits are divided by T before every softmax of the loss and
-the importance weights (as the official trainer does): the loss compares the distributions actually sampled from.
+the importance weights (as the official trainer and TRL's SDFTTrainer do): the loss compares the distributions
+actually sampled from.
 
 The file reads top to bottom: batches; the micro steps; `setup` (model, float32 master weights, teacher,
 optimizer, wrapping, engine, resume) -> `Run`; `optimizer_step` (the same for 1 process and DDP); progress,
@@ -578,6 +579,21 @@ class MetricsLog:
             self.f.close()
 
 
+def _save_on_stop(run: Run) -> None:
+    """After a stop: checkpoint the last finished step unless that checkpoint exists already (or no step has
+    finished: a resume then simply starts over). Writing it is most of the time a stop takes."""
+    latest = latest_checkpoint(run.out / "checkpoints")
+    t0 = time.perf_counter()
+    if run.step > 0 and (latest is None or latest.name != f"step-{run.step:06d}"):
+        save(run)
+        what = f"checkpoint written in {time.perf_counter() - t0:.1f}s"
+    else:
+        what = "already checkpointed" if run.step > 0 else "no step had finished, nothing to save"
+    if run.acc.is_main_process:
+        print(f"[selfdistill] stopped at step {run.step} ({what}). Resume with the same command plus --resume",
+              file=sys.stderr)
+
+
 def save(run: Run) -> None:
     """A checkpoint of the last finished step (rank 0 writes; every rank waits)."""
     _save(run.acc, run.out / "checkpoints", run.step, run.model, run.teacher, run.optimizer, run.scheduler,
@@ -630,10 +646,7 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
         progress.close()
         log.close()
     if stopped_early:
-        save(run)
-        if main:
-            print(f"[selfdistill] stopped at step {run.step}; checkpoint saved. Resume with the same command "
-                  f"plus --resume", file=sys.stderr)
+        _save_on_stop(run)
     else:
         save(run)
         if main:
