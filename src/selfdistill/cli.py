@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write results (and per-item outputs) to this JSON file")
     p.add_argument("--data", help="a user data file for a task named `user`")
     p.add_argument("--scorer", default="exact", help="scorer for --data: exact | regex | function_call | multiple_choice")
+    p.add_argument("--strip-thinking", choices=["auto", "yes", "no"], default="auto", dest="strip_thinking",
+                   help="remove <think>...</think> reasoning blocks before scoring (auto: when the chat template has them)")
 
     p = sub.add_parser("probe", help="before training: does the teacher (demonstration in context) beat the student?")
     _common_model(p)
@@ -212,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16, dest="batch_size")
     p.add_argument("--output", help="write the probe results to this JSON file")
+    p.add_argument("--strip-thinking", choices=["auto", "yes", "no"], default="auto", dest="strip_thinking",
+                   help="remove <think>...</think> reasoning blocks before scoring (auto: when the chat template has them)")
 
     p = sub.add_parser("sequence", help="continual learning: train on tasks one after another and evaluate all")
     p.add_argument("--tasks", required=True)

@@ -87,6 +87,7 @@ class LossConfig:
     importance_weights: bool = False  # truncated IS weights for rollouts from another engine
     importance_cap: float = 2.0
     chunk_size: int = 256  # >0: memory-lean chunked full-vocab loss, positions per chunk; 0: unchunked; top_k: unused
+    mask_reasoning: bool = False  # drop <think>...</think> reasoning tokens from the SDFT loss (thinking models)
 
 
 @dataclass

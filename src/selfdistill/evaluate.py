@@ -37,9 +37,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import ContextConfig
-from .contexts import render_prompt_ids, teacher_messages
+from .contexts import (prompt_opens_reasoning, reasoning_token_ids, render_prompt_ids, teacher_messages,
+                       template_has_reasoning)
 from .data import DataError, Example
 from .metrics import wilson_interval
+from .models import template_end_of_turn_id
 from .generation import eval_mode as _eval_mode
 from .generation import greedy_completions as greedy_ids
 from .train import completion_logits, pack
@@ -85,6 +87,35 @@ def decode_completion(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def answer_ids(tokenizer, prompt_ids: list[int], ids: list[int]) -> list[int]:
+    """Completion ids without reasoning blocks (<think> ... </think>, losses.reasoning_mask_BT, the same rule as
+    loss.mask_reasoning); unchanged when the vocabulary has no such tokens."""
+    from .losses import reasoning_mask_BT
+
+    think = reasoning_token_ids(tokenizer)
+    if think is None or not ids:
+        return list(ids)
+    inside_B = torch.tensor([prompt_opens_reasoning(prompt_ids, *think)])
+    reasoning_T = reasoning_mask_BT(torch.tensor([ids]), *think, inside_B)[0].tolist()
+    return [t for t, r in zip(ids, reasoning_T) if not r]
+
+
+def scored_text(tokenizer, prompt_ids: list[int], ids: list[int], strip_thinking: bool) -> str:
+    """The text a scorer reads: the decoded reply, its reasoning blocks removed when `strip_thinking`."""
+    if not strip_thinking:
+        return decode_completion(tokenizer, ids)
+    from .tasks.scorers import strip_thinking as strip_text
+
+    return strip_text(decode_completion(tokenizer, answer_ids(tokenizer, prompt_ids, ids)))
+
+
+def resolve_strip_thinking(tokenizer, strip_thinking: bool | str | None) -> bool:
+    """None / "auto": on when the chat template writes <think> blocks; "yes"/"no" or a bool force it."""
+    if strip_thinking in (None, "auto"):
+        return template_has_reasoning(tokenizer)
+    return strip_thinking in (True, "yes")
+
+
 def generate_greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
                     batch_size: int = 16, engine=None) -> list[str]:
     """Greedy replies to chat prompts (lists of messages), in input order, decoded without special tokens."""
@@ -98,8 +129,9 @@ def generate_greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens:
 
 
 def choice_ids(tokenizer, choice: str, include_eos: bool = False) -> list[int]:
+    """The choice's tokens, + the chat template's end-of-turn token when scored as a complete reply."""
     ids = tokenizer(choice, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id] if include_eos else ids
+    return ids + [template_end_of_turn_id(tokenizer)] if include_eos else ids
 
 
 @torch.no_grad()
@@ -246,11 +278,14 @@ def _select(task, split: str, limit: int) -> list[Example]:
     return items[:limit] if limit and limit > 0 else items
 
 
-def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, batch_size: int = 16) -> dict:
+def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, batch_size: int = 16,
+                  strip_thinking: bool | str | None = None) -> dict:
     """Accuracy on `task`'s split with a Wilson 95% interval and per-item records.
 
+    `strip_thinking` (generate tasks): score the reply without its <think>...</think> blocks; None/"auto" = on
+    when the chat template has them (resolve_strip_thinking). The item's `raw_output` keeps the full reply.
     Returns {task, split, kind, scoring, n, correct, accuracy, ci95: [lo, hi], items: [{id, origin, prompt,
-    output, reference, correct, (choice_logliks)}]}.
+    output, (raw_output), reference, correct, (choice_logliks)}]}.
     """
     items = _select(task, split, limit)
     records = []
@@ -267,12 +302,19 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
         scoring = ("multiple choice: summed log-prob of the choice tokens as the reply (+ end-of-turn token when "
                    "a choice is a prefix of another); strict argmax, ties wrong")
     else:
-        outputs = generate_greedy(model, tokenizer, [ex.prompt for ex in items], task.max_new_tokens, batch_size)
-        for ex, o in zip(items, outputs):
+        strip = resolve_strip_thinking(tokenizer, strip_thinking)
+        prompt_ids = [render_prompt_ids(tokenizer, ex.prompt) for ex in items]
+        comps = greedy_ids(model, tokenizer, prompt_ids, task.max_new_tokens, batch_size)
+        for ex, p, c in zip(items, prompt_ids, comps):
+            o = scored_text(tokenizer, p, c, strip)
             ok = bool(task.score(o, ex))
-            records.append({"id": _item_id(ex), "origin": ex.origin, "prompt": _short(ex.prompt[-1]["content"]),
-                            "output": o, "reference": _reference(ex), "correct": ok})
-        scoring = f"greedy generation (max_new_tokens={task.max_new_tokens}) scored with the task scorer"
+            rec = {"id": _item_id(ex), "origin": ex.origin, "prompt": _short(ex.prompt[-1]["content"]),
+                   "output": o, "reference": _reference(ex), "correct": ok}
+            if strip:
+                rec["raw_output"] = decode_completion(tokenizer, c)
+            records.append(rec)
+        scoring = (f"greedy generation (max_new_tokens={task.max_new_tokens}) scored with the task scorer"
+                   + ("; <think> reasoning blocks removed before scoring" if strip else ""))
     k = sum(r["correct"] for r in records)
     return {"task": task.name, "split": split, "kind": task.kind, "scoring": scoring, **_summary(k, len(records)),
             "items": records}
@@ -348,14 +390,16 @@ def probe_verdict(student: dict, teacher: dict) -> tuple[bool, str]:
 
 def probe(model, tokenizer, task_or_examples, ctx: ContextConfig | None = None, limit: int = 40,
           batch_size: int = 16, max_new_tokens: int | None = None,
-          scorer: Callable[[str, Example], bool] | None = None, n_examples: int = 3) -> dict:
+          scorer: Callable[[str, Example], bool] | None = None, n_examples: int = 3,
+          strip_thinking: bool | str | None = None) -> dict:
     """Before training: does the in-context teacher beat the student on the task's TRAIN items?
 
     `task_or_examples`: a Task (its train split and scorer are used) or a list of Examples (scored with
     `scorer`, default exact match against `extra['reference']` or else the demonstration). Both sides decode
     greedily (up to `max_new_tokens`, default the task's). `kl_teacher_student` is the mean per-token
     KL(teacher ‖ student) over the full vocabulary on the student's greedy rollouts (every completion token,
-    none skipped), teacher-forced under the teacher context and the student context.
+    none skipped), teacher-forced under the teacher context and the student context. `strip_thinking` as in
+    :func:`evaluate_task` (both sides' replies are scored without their reasoning blocks).
     """
     ctx = ctx or ContextConfig()
     if isinstance(task_or_examples, (list, tuple)):
@@ -382,8 +426,9 @@ def probe(model, tokenizer, task_or_examples, ctx: ContextConfig | None = None, 
     t_ids = [render_prompt_ids(tokenizer, teacher_messages(ex, ctx)) for ex in examples]
     s_comps = greedy_ids(model, tokenizer, s_ids, mnt, batch_size)
     t_comps = greedy_ids(model, tokenizer, t_ids, mnt, batch_size)
-    s_out = [decode_completion(tokenizer, c) for c in s_comps]
-    t_out = [decode_completion(tokenizer, c) for c in t_comps]
+    strip = resolve_strip_thinking(tokenizer, strip_thinking)
+    s_out = [scored_text(tokenizer, p, c, strip) for p, c in zip(s_ids, s_comps)]
+    t_out = [scored_text(tokenizer, p, c, strip) for p, c in zip(t_ids, t_comps)]
     s_ok = [bool(scorer(o, ex)) for o, ex in zip(s_out, examples)]
     t_ok = [bool(scorer(o, ex)) for o, ex in zip(t_out, examples)]
     student, teacher = _summary(sum(s_ok), len(examples)), _summary(sum(t_ok), len(examples))
@@ -483,7 +528,8 @@ def run_eval_cli(args) -> int:
                                "limit": args.limit, "tasks": {}}
     rows = []
     for task in task_objs:
-        r = evaluate_task(model, tok, task, split=args.split, limit=args.limit, batch_size=args.batch_size)
+        r = evaluate_task(model, tok, task, split=args.split, limit=args.limit, batch_size=args.batch_size,
+                          strip_thinking=getattr(args, "strip_thinking", "auto"))
         results["tasks"][task.name] = r
         rows.append([task.name, str(r["n"]), f"{r['accuracy']:.3f}", _fmt_ci(r["ci95"])])
     if rows:
@@ -520,7 +566,8 @@ def run_probe_cli(args) -> int:
 
     task = resolve_task("user" if args.data else args.task, args.data, args.scorer)
     model, tok, info = load_model(args.model)
-    r = probe(model, tok, task, ContextConfig(), limit=args.limit, batch_size=args.batch_size)
+    r = probe(model, tok, task, ContextConfig(), limit=args.limit, batch_size=args.batch_size,
+              strip_thinking=getattr(args, "strip_thinking", "auto"))
     r["model"] = info.name
     print(format_probe(r))
     if args.output:

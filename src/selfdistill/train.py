@@ -12,7 +12,8 @@ One SDFT optimizer step (`optimizer_step`: `sdft_micro_step` over micro-batches,
 SFT/DFT use the same data order, schedule, logging and checkpoints; their micro step is cross-entropy on the
 demonstration after the student prompt (DFT: weighted by the token's own detached probability).
 With rollout.temperature T != 1, student and teacher logits are divided by T before every softmax of the loss and
-the importance weights (as the official trainer does): the loss compares the distributions actually sampled from.
+the importance weights (as the official trainer and TRL's SDFTTrainer do): the loss compares the distributions
+actually sampled from.
 
 The file reads top to bottom: batches; the micro steps; `setup` (model, float32 master weights, teacher,
 optimizer, wrapping, engine, resume) -> `Run`; `optimizer_step` (the same for 1 process, DDP and FSDP2); progress,
@@ -43,7 +44,7 @@ import torch
 from . import distributed, losses
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, to_dict, to_yaml
-from .contexts import Encoded, encode_examples
+from .contexts import Encoded, encode_examples, prompt_opens_reasoning, reasoning_token_ids
 from .data import Example
 from .generation import GenerationAborted, derive_seed
 from .teacher import Teacher
@@ -117,6 +118,22 @@ def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[fl
                                               cap=cfg.loss.importance_cap), capped_frac
 
 
+def think_ids(tokenizer) -> tuple[int, int]:
+    """The <think> / </think> ids loss.mask_reasoning needs; a one-line error when the model has none."""
+    ids = reasoning_token_ids(tokenizer)
+    if ids is None:
+        raise TrainingError("loss.mask_reasoning=true, but the tokenizer has no <think> and </think> tokens (not a "
+                            "thinking model); set loss.mask_reasoning=false")
+    return ids
+
+
+def reasoning_keep_mask(tokenizer, student_prompts: list[list[int]], sb: Packed) -> torch.Tensor:
+    """loss.mask_reasoning: False on the rollouts' reasoning-block tokens (losses.reasoning_mask_BT)."""
+    o, c = think_ids(tokenizer)
+    inside_B = torch.tensor([prompt_opens_reasoning(p, o, c) for p in student_prompts])
+    return ~losses.reasoning_mask_BT(sb.completion_ids_BT, o, c, inside_B)
+
+
 def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: list[Encoded], cfg: Config,
                     seed: int, num_sequences_total: int, amp, timings: dict,
                     should_stop=None, on_tokens=None) -> tuple[torch.Tensor, dict, list]:
@@ -145,12 +162,14 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
         student_logits_BTV = tempered(completion_logits(model, sb), T)
     weights_B, capped_frac = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
         if cfg.loss.importance_weights else (None, None)
+    keep_BT = reasoning_keep_mask(tokenizer, student_prompts, sb) if cfg.loss.mask_reasoning else None
     loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
         student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT,
         divergence=cfg.loss.divergence, support=cfg.loss.support, top_k=cfg.loss.top_k,
         topk_from=cfg.loss.topk_from, jsd_beta=cfg.loss.jsd_beta, skip_first_tokens=cfg.loss.skip_first_tokens,
         num_sequences_total=num_sequences_total, importance_weights_B=weights_B,
-        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None)  # top-k: not chunked
+        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None,  # top-k: not chunked
+        keep_mask_BT=keep_BT)
     timings["generate"] += t1 - t0
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
@@ -347,6 +366,8 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
     acc.wait_for_everyone()
     torch.manual_seed(cfg.train.seed)
     encoded, skipped = encode_examples(tokenizer, examples, cfg.data, cfg.context)
+    if cfg.train.method == "sdft" and cfg.loss.mask_reasoning:
+        think_ids(tokenizer)  # fail before any work
     save_dtype = next(model.parameters()).dtype
     model, autocast = float32_master_weights(build_model_for_training(model, cfg), cfg)
     model.to(acc.device)
@@ -593,6 +614,21 @@ class MetricsLog:
             self.f.close()
 
 
+def _save_on_stop(run: Run) -> None:
+    """After a stop: checkpoint the last finished step unless that checkpoint exists already (or no step has
+    finished: a resume then simply starts over). Writing it is most of the time a stop takes."""
+    latest = latest_checkpoint(run.out / "checkpoints")
+    t0 = time.perf_counter()
+    if run.step > 0 and (latest is None or latest.name != f"step-{run.step:06d}"):
+        save(run)
+        what = f"checkpoint written in {time.perf_counter() - t0:.1f}s"
+    else:
+        what = "already checkpointed" if run.step > 0 else "no step had finished, nothing to save"
+    if run.acc.is_main_process:
+        print(f"[selfdistill] stopped at step {run.step} ({what}). Resume with the same command plus --resume",
+              file=sys.stderr)
+
+
 def save(run: Run) -> None:
     """A checkpoint of the last finished step (rank 0 writes, every rank waits; FSDP2: every rank writes its
     shards, rank 0 publishes the folder)."""
@@ -655,10 +691,7 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
         progress.close()
         log.close()
     if stopped_early:
-        save(run)
-        if main:
-            print(f"[selfdistill] stopped at step {run.step}; checkpoint saved. Resume with the same command "
-                  f"plus --resume", file=sys.stderr)
+        _save_on_stop(run)
     else:
         save(run)
         if run.strategy == "fsdp":  # a collective: the full weights gathered to rank 0, which writes them

@@ -1,5 +1,7 @@
 """Pure scoring functions: ``(model output, reference) -> bool``. No model, no I/O, never raise on bad output.
 
+* :func:`strip_thinking`: a reply without its ``<think>...</think>`` reasoning blocks (applied before scoring
+  when the model's chat template has them; see evaluate.evaluate_task).
 * :func:`exact_match`: normalised string equality, with a strict "the answer comes first" allowance.
 * :func:`regex_match`: ``re.search`` of a pattern.
 * :func:`function_call_match`: BFCL-style AST check of one Python function call against BFCL's
@@ -17,6 +19,29 @@ import re
 import unicodedata
 from collections import Counter
 from typing import Any, Iterable
+
+# --------------------------------------------------------------------------------------------------------------
+# reasoning blocks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def strip_thinking(text: str, open_tag: str = "<think>", close_tag: str = "</think>") -> str:
+    """The reply without its reasoning blocks, stripped of surrounding whitespace.
+
+    Every ``<think>...</think>`` is removed; text before a ``</think>`` with no ``<think>`` before it is removed
+    too (the prompt opened the block); an unclosed ``<think>`` removes everything after it (the reasoning ran
+    out of tokens: there is no answer).
+    """
+    if not isinstance(text, str):
+        return ""
+    head, sep, tail = text.partition(close_tag)
+    if sep and open_tag not in head:
+        text = tail
+    text = re.sub(re.escape(open_tag) + r".*?" + re.escape(close_tag), "", text, flags=re.DOTALL)
+    if open_tag in text:
+        text = text[:text.index(open_tag)]
+    return text.strip()
+
 
 # --------------------------------------------------------------------------------------------------------------
 # exact match
