@@ -14,6 +14,7 @@ The pieces train() uses when `dist.strategy=fsdp`:
                        torch.distributed.checkpoint: each rank writes its shards into one temporary folder; after a
                        barrier rank 0 writes the COMPLETE marker and renames the folder: complete or invisible
   save_consolidated    one save_pretrained folder (full state dict gathered to rank 0 on CPU)
+  resolve_strategy     single | ddp | fsdp for a launch (refusing DeepSpeed, FSDP1, LoRA under FSDP2)
 
 We call fully_shard directly rather than through accelerate's FSDP v2 plugin (`Accelerator.prepare`): accelerate
 1.15 prepares exactly one model per `prepare()` call ("Only one model is supported when using FSDP2") and swaps the
@@ -38,12 +39,10 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import MARKER, CheckpointError, list_checkpoints
+from .config import ConfigError
 
-STRATEGIES = ("auto", "ddp", "fsdp")
-
-
-class DistributedConfigError(RuntimeError):
-    pass
+class DistributedConfigError(ConfigError):
+    """A launch/config combination that would not train correctly (the CLI prints it as one line)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -58,9 +57,10 @@ def check_supported(strategy: str, *, lora: bool, distributed_type: str) -> None
             "under ZeRO-3; use FSDP2 instead (--dist fsdp, or configs/accelerate/fsdp.yaml), see docs/multi_gpu.md")
     if strategy == "fsdp" and lora:
         raise DistributedConfigError(
-            "model.lora=true with dist.strategy=fsdp is not supported: the adapter EMA teacher lives in the same "
-            "module as the student and peft toggles requires_grad between adapters, which FSDP2 parameter groups do "
-            "not allow; LoRA's frozen bf16 base fits one GPU (~15 GB at 7B), so use --dist ddp")
+            "model.lora=true with dist.strategy=fsdp is not supported: the adapter EMA teacher is a second peft "
+            "adapter inside the student's modules, switched with set_adapter around every teacher pass, and that has "
+            "not been made to work on sharded modules; LoRA's frozen bf16 base fits one GPU (~15 GB at 7B), so "
+            "sharding gains little: use --dist ddp")
 
 
 def resolve_strategy(requested: str, accelerator, *, lora: bool) -> str:
