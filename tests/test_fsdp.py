@@ -485,3 +485,23 @@ def test_resume_on_a_different_number_of_processes(cli_ref, tmp_path):
     assert set(got) == set(want)
     for k in want:  # measured: max difference ~1e-8 (different reduction order), never bit-exact by design
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=0, msg=lambda m: f"{k}: {m}")
+
+
+def test_resume_with_the_other_strategy_is_refused_before_any_work(tmp_path, tiny_tok):
+    """A run checkpointed without sharding cannot be resumed with --dist fsdp (nor the reverse): the changed
+    dist.strategy is named, and nothing is sharded or loaded."""
+    from conftest import build_tiny_model
+    from selfdistill.config import load_config
+    from selfdistill.data import Example
+    from selfdistill.train import TrainingError, train
+
+    ov = {"train.method": "sft", "train.max_steps": 2, "train.prompts_per_step": 2, "train.micro_batch_size": 1,
+          "log.progress": False}
+    ex = [Example([{"role": "user", "content": "What is 12 + 7?"}], "19.")] * 2
+    train(load_config(overrides=ov), ex, build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o", stop_after=1)
+    assert (tmp_path / "o" / "checkpoints" / "step-000001").exists()
+    with pytest.raises(TrainingError, match=r"--resume with a different config \(dist.strategy\)"):
+        train(load_config(overrides={**ov, "dist.strategy": "fsdp"}), ex, build_tiny_model(tiny_tok), tiny_tok,
+              tmp_path / "o", resume=True)
+    import torch.distributed as dist
+    assert not dist.is_initialized()  # refused before the 1-rank process group was made
