@@ -168,6 +168,16 @@ def wrap_for_training(model: torch.nn.Module, teacher_copy: torch.nn.Module | No
     return model
 
 
+def compute_device(model: torch.nn.Module) -> torch.device:
+    """Where forward runs and batches belong: the parameters' device, except for sharded parameters offloaded to
+    CPU (`dist.cpu_offload`), whose mesh says where FSDP2 gathers them (the current CUDA device)."""
+    p = next(model.parameters())
+    mesh = getattr(p, "device_mesh", None)
+    if mesh is not None and mesh.device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return p.device
+
+
 def _local(p: torch.Tensor) -> torch.Tensor:
     return p.to_local() if hasattr(p, "to_local") else p
 

@@ -137,7 +137,7 @@ def reasoning_keep_mask(tokenizer, student_prompts: list[list[int]], sb: Packed)
 def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: list[Encoded], cfg: Config,
                     seed: int, num_sequences_total: int, amp, timings: dict,
                     should_stop=None, on_tokens=None) -> tuple[torch.Tensor, dict, list]:
-    device = next(model.parameters()).device
+    device = distributed.compute_device(model)
     R = cfg.rollout.num_rollouts
     student_prompts = [e.student_prompt_ids for e in items for _ in range(R)]
     teacher_prompts = [e.teacher_prompt_ids for e in items for _ in range(R)]
@@ -182,7 +182,7 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
 
 def sft_micro_step(model, tokenizer, items: list[Encoded], cfg: Config, num_sequences_total: int,
                    amp, method: str = "sft") -> tuple[torch.Tensor, dict]:
-    device = next(model.parameters()).device
+    device = distributed.compute_device(model)
     sb = pack([e.student_prompt_ids for e in items], [e.demonstration_ids for e in items],
               tokenizer.pad_token_id, device)
     with amp():
