@@ -340,8 +340,30 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
                             "output": o, "reference": _reference(ex), "correct": ok})
         scoring = f"greedy generation (max_new_tokens={task.max_new_tokens}) scored with the task scorer"
     k = sum(r["correct"] for r in records)
-    return {"task": task.name, "split": split, "kind": task.kind, "scoring": scoring, **_summary(k, len(records)),
-            "items": records}
+    out = {"task": task.name, "split": split, "kind": task.kind, "scoring": scoring, **_summary(k, len(records)),
+           "items": records}
+    groups = _group_summaries(items, records)
+    if groups:
+        out["groups"] = groups
+    return out
+
+
+def item_group(ex: Example) -> str | None:
+    """The item's group for separate reporting: ``extra["group"]``, else ``extra["phrasing"]`` (knowledge)."""
+    g = ex.extra.get("group", ex.extra.get("phrasing"))
+    return None if g is None else str(g)
+
+
+def _group_summaries(items: list[Example], records: list[dict]) -> dict:
+    """{group: summary} when the items fall into more than one group (e.g. the knowledge phrasings), else {}."""
+    by: dict[str, list[bool]] = {}
+    for ex, r in zip(items, records):
+        g = item_group(ex)
+        r["group"] = g
+        by.setdefault(g, []).append(r["correct"])
+    if len(by) < 2:
+        return {}
+    return {str(g): _summary(sum(v), len(v)) for g, v in by.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------

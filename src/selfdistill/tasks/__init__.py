@@ -6,7 +6,7 @@
 name                        what                                                                        licence
 ==========================  ==========================================================================  =========
 ``tooluse``                 BFCL v4 simple_python, 300 train / 100 test (:mod:`.tooluse`)               Apache-2.0
-``knowledge``               ISO 4217 codes of 64 lesser-known currencies; test = reworded (:mod:`.knowledge`)  LGPL-2.1
+``knowledge``               ISO 4217 codes of 64 lesser-known currencies; 4 test phrasings (:mod:`.knowledge`)  LGPL-2.1
 ``retention``               120 multiple-choice prior-capability probes, eval-only (:mod:`.retention`)  see module
 ``retention_if``            21 IFEval-style instruction-following items, eval-only                      see module
 ``paper_tooluse:<path>``    the SDFT paper's tool-use data from a local folder (:mod:`.paper`)          none found
