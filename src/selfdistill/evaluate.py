@@ -553,13 +553,14 @@ def _fmt_ci(ci) -> str:
 def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=title)
+        t = Table(title=escape(title))
         for h in header:
             t.add_column(h, justify="left" if h in ("task", "metric", "") else "right")
-        for r in rows:
-            t.add_row(*r)
+        for r in rows:  # escaped: "knowledge [reworded]" is text, not rich markup
+            t.add_row(*(escape(c) for c in r))
         Console().print(t)
     except ImportError:  # pragma: no cover - rich is a dependency; plain fallback
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
