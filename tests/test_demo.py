@@ -49,8 +49,19 @@ def test_demo_seeds_train_one_run_per_seed_and_label_rows(model_dir, tmp_path, c
     assert "sft seed 0" in printed and "sft seed 1" in printed
 
 
-@pytest.mark.parametrize("bad", ["", "a,b", "1,1", "0;1"])
+@pytest.mark.parametrize("bad", ["", "a,b", "1,1", "0;1", "0", "-2", "1,-1"])
 def test_demo_seeds_rejects_bad_lists(bad):
     with pytest.raises(SystemExit, match="--seeds"):
         parse_seeds(bad)
     assert parse_seeds("2, 0") == [2, 0]
+
+
+def test_one_seeds_syntax_count_or_list():
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds(3) == [0, 1, 2] and parse_seeds(None) == [0]
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("7,") == [7]
+    from selfdistill.cli import build_parser
+    for cmd in (["demo"], ["sequence", "--tasks", "knowledge", "--output", "o"],
+                ["sweep", "--tasks", "knowledge", "--lrs", "1e-4", "--output", "o"]):
+        args = build_parser().parse_args([*cmd, "--seeds", "3"])
+        assert parse_seeds(args.seeds) == [0, 1, 2], cmd
+        assert parse_seeds(build_parser().parse_args(cmd).seeds) == [0], cmd
