@@ -102,3 +102,13 @@ def test_report_on_a_run_that_stopped_early_never_tracebacks(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0  # stopped before any stage finished
     text = (tmp_path / "report.md").read_text()
     assert "PARTIAL" in text and "sdft seed 0: not started" in text and "sft seed 0: not started" in text
+
+
+def test_train_data_with_a_split_trains_on_the_rest(tmp_path):
+    from selfdistill.tasks import load_training_examples
+    f = _write(tmp_path / "f.jsonl", 10)
+    whole = load_training_examples(str(f))
+    part = load_training_examples(f"{f}@split=0.2")
+    held_out = task_from_spec(f"{f}@split=0.2").test
+    assert len(whole) == 10 and len(part) == 8 and len(held_out) == 2
+    assert sorted(e.origin for e in [*part, *held_out]) == sorted(e.origin for e in whole)

@@ -997,11 +997,20 @@ def write_report(run_dir: str | os.PathLike) -> tuple[Path, Path]:
     Returns ``(md_path, html_path)``.
     """
     out = Path(run_dir)
-    if (out / RESULTS_FILE).exists():
-        results = load_results(out)
-    else:  # a stopped run: rebuild what finished from its progress files
+    if (out / "plan.json").exists() and (out / "base_eval.json").exists():
+        # a sequence/sweep/demo folder: its progress files are the record (a stopped run, or several processes
+        # or commands sharing the folder); results.json is rewritten from them
         from .sequence import collect_results
         results = collect_results(out)
+        if results["runs"]:
+            M.write_results(out, {k: v for k, v in results.items() if k != "partial" or v["missing"]})
+        if not results["partial"]["missing"]:
+            del results["partial"]
+    elif (out / RESULTS_FILE).exists():
+        results = load_results(out)
+    else:
+        from .sequence import collect_results
+        results = collect_results(out)  # raises a one-line FileNotFoundError: nothing to report
     if results["runs"]:
         M.write_tables(out, results)
         blocks = _build_blocks(results, out)

@@ -273,10 +273,18 @@ def _data_path(task_specs: list, i: int, task) -> str:
 
 def _write_plan(out: Path, title: str, model_name: str, tasks: list, task_specs: list, methods: list[str],
                 seeds: list[int]) -> None:
-    plan = {"title": title, "model": model_name, "tasks": [t.name for t in tasks],
+    """plan.json: what the folder is meant to hold. A later command on the same folder and tasks (more seeds, more
+    methods, or one process per seed) extends the plan; different tasks replace it."""
+    path = out / "plan.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    names = [t.name for t in tasks]
+    if old.get("tasks") == names:
+        methods = list(dict.fromkeys([*old["methods"], *methods]))
+        seeds = list(dict.fromkeys([*old["seeds"], *seeds]))
+    plan = {"title": title, "model": model_name, "tasks": names,
             "task_specs": [s if isinstance(s, str) else s.name for s in task_specs],
             "methods": list(methods), "seeds": list(seeds), "run_dirs": {m: run_dir_name(m) for m in methods}}
-    (out / "plan.json").write_text(json.dumps(plan, indent=1))
+    path.write_text(json.dumps(plan, indent=1))
 
 
 def collect_results(out: str | Path) -> dict:

@@ -82,9 +82,7 @@ def run_sweep(task_specs: list, methods: list[str], lrs: list[str], grid: dict[s
     from .sequence import run_sequence
 
     specs = method_specs(methods, lrs, grid)
-    title = kw.pop("title", None) or (f"selfdistill sweep: {', '.join(methods)} x lr {', '.join(lrs)}"
-                                      + "".join(f" x {k} {', '.join(v)}" for k, v in grid.items())
-                                      + f" x {len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+    title = kw.pop("title", None) or "selfdistill sweep: methods x learning rates x seeds, frontiers"
     print(f"[selfdistill sweep] {len(specs)} settings x {len(seeds)} seeds = {len(specs) * len(seeds)} runs",
           file=sys.stderr)
     sweep = {"methods": methods, "lrs": lrs, "grid": grid, "seeds": seeds}
