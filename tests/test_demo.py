@@ -9,6 +9,7 @@ import pytest
 
 from conftest import build_tiny_model
 from selfdistill.cli import main
+from selfdistill.config import ConfigError
 from selfdistill.demo import DEMO_METHODS, parse_seeds
 
 
@@ -51,7 +52,7 @@ def test_demo_seeds_train_one_run_per_seed_and_label_rows(model_dir, tmp_path, c
 
 @pytest.mark.parametrize("bad", ["", "a,b", "1,1", "0;1", "0", "-2", "1,-1"])
 def test_demo_seeds_rejects_bad_lists(bad):
-    with pytest.raises(SystemExit, match="--seeds"):
+    with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds(bad)
     assert parse_seeds("2, 0") == [2, 0]
 

@@ -9,6 +9,7 @@ import pytest
 import selfdistill.train as tr
 from conftest import build_tiny_model
 from selfdistill.cli import main
+from selfdistill.config import ConfigError
 from selfdistill.sweep import method_specs, parse_grid, parse_lrs, sweep_order
 
 TINY = ["--train.prompts_per_step", "2", "--train.micro_batch_size", "2", "--rollout.max_new_tokens", "4",
@@ -81,7 +82,7 @@ def test_sweep_specs_and_order():
     (parse_grid, ["lora"], "--grid"), (parse_grid, ["optim.lr=1e-4"], "--grid"),
 ])
 def test_sweep_values_that_do_not_parse_name_the_flag(fn, arg, flag):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(ConfigError) as e:
         fn(arg)
     msg = str(e.value)
     assert flag in msg and "\n" not in msg

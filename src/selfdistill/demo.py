@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import TEACHER_TEMPLATES, load_config, parse_dotted_overrides
+from .config import TEACHER_TEMPLATES, ConfigError, load_config, parse_dotted_overrides
 from .sequence import parse_seeds  # noqa: F401  (the one --seeds syntax; re-exported for callers)
 
 DEMO_TASK = "knowledge"
@@ -74,6 +74,14 @@ def run_demo(args, extra: list[str]) -> int:
     from .tasks import get_task
 
     t0 = time.perf_counter()
+    seeds = parse_seeds(args.seeds)  # bad flags fail here, before the model loads
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else DEMO_METHODS
+    from .sequence import parse_method
+    for m in methods:
+        try:
+            parse_method(m)
+        except ValueError as e:
+            raise ConfigError(f"--methods: {e}") from None
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     overrides = {**DEMO_OVERRIDES, "train.bf16": fast_bf16()}
@@ -105,8 +113,7 @@ def run_demo(args, extra: list[str]) -> int:
     name = next((k for k, v in TEACHER_TEMPLATES.items() if v == cfg.context.teacher_template), None)
     notes = [f"Teacher template: {name or repr(cfg.context.teacher_template)}; bf16 autocast: {cfg.train.bf16}",
              *DEMO_SETTINGS_WHY]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else DEMO_METHODS
-    results = run_sequence([DEMO_TASK], methods, parse_seeds(args.seeds), out, model_name=args.model, cfg=cfg,
+    results = run_sequence([DEMO_TASK], methods, seeds, out, model_name=args.model, cfg=cfg,
                            eval_every=eval_every, task_kwargs={DEMO_TASK: {"n_train": n_facts}},
                            probe=probe_summary, notes=notes, model=model, tokenizer=tok,
                            title="selfdistill demo: SDFT vs SFT on ISO 4217 codes (SmolLM2-135M-Instruct)")

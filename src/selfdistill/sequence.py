@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import train as train_mod
-from .config import Config, _flatten, load_config, parse_dotted_overrides, to_dict
+from .config import Config, ConfigError, _flatten, load_config, parse_dotted_overrides, to_dict
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -113,18 +113,17 @@ def parse_seeds(text: str | int | None, flag: str = "--seeds") -> list[int]:
     text = "1" if text is None else str(text).strip()
     parts = [x.strip() for x in text.split(",")]
     try:
-        if len(parts) == 1:
-            n = int(parts[0])
-            if n < 1:
-                raise SystemExit(f"selfdistill: {flag} {text}: a single number is a count of seeds and must be "
-                                 f">= 1; for one given seed k write 'k,' (e.g. '{n},')")
-            return list(range(n))
         seeds = [int(x) for x in parts if x]
     except ValueError:
-        raise SystemExit(f"selfdistill: {flag} must be a count (3 -> seeds 0,1,2) or a comma-separated list of "
-                         f"integers (0,1,2), got {text!r}") from None
+        raise ConfigError(f"{flag} must be a count (3 -> seeds 0,1,2) or a comma-separated list of "
+                          f"integers (0,1,2), got {text!r}") from None
+    if len(parts) == 1 and seeds:  # a single number is a count
+        if seeds[0] < 1:
+            raise ConfigError(f"{flag} {text}: a single number is a count of seeds and must be >= 1; for one "
+                              f"given seed k write 'k,' (e.g. '{seeds[0]},')")
+        return list(range(seeds[0]))
     if not seeds or len(set(seeds)) != len(seeds) or any(x < 0 for x in seeds):
-        raise SystemExit(f"selfdistill: {flag} must list distinct non-negative integers, got {text!r}")
+        raise ConfigError(f"{flag} must list distinct non-negative integers, got {text!r}")
     return seeds
 
 
@@ -353,7 +352,7 @@ def cli_task_specs(args) -> list[str]:
     specs = [t.strip() for t in (getattr(args, "tasks", None) or "").split(",") if t.strip()]
     specs += list(getattr(args, "task", None) or [])
     if not specs:
-        raise SystemExit(f"selfdistill {args.cmd}: give tasks with --tasks NAME,NAME and/or --task "
+        raise ConfigError("give tasks with --tasks NAME,NAME and/or --task "
                          "NAME_OR_FILE[@scorer=...,test=FILE,split=0.2] (repeatable)")
     return specs
 

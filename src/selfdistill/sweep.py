@@ -25,16 +25,16 @@ def parse_lrs(text: str, flag: str = "--lrs") -> list[str]:
     """'1e-4,3e-4' -> ['1e-4', '3e-4'] (kept as written, for run names); a one-line error naming the flag."""
     vals = [v.strip() for v in str(text).split(",") if v.strip()]
     if not vals:
-        raise SystemExit(f"selfdistill sweep: {flag} needs at least one learning rate, e.g. 1e-4,3e-4")
+        raise ConfigError(f"{flag} needs at least one learning rate, e.g. 1e-4,3e-4")
     for v in vals:
         try:
             ok = math.isfinite(float(v)) and float(v) > 0
         except ValueError:
             ok = False
         if not ok:
-            raise SystemExit(f"selfdistill sweep: {flag}: {v!r} is not a positive number (in {text!r})")
+            raise ConfigError(f"{flag}: {v!r} is not a positive number (in {text!r})")
     if len(set(vals)) != len(vals):
-        raise SystemExit(f"selfdistill sweep: {flag} lists a value twice: {text!r}")
+        raise ConfigError(f"{flag} lists a value twice: {text!r}")
     return vals
 
 
@@ -47,15 +47,15 @@ def parse_grid(items: list[str], flag: str = "--grid") -> dict[str, list[str]]:
         key = key.strip().lstrip("-")
         values = [v.strip() for v in vals.split(",") if v.strip()]
         if not eq or "." not in key or not values:
-            raise SystemExit(f"selfdistill sweep: {flag} {item!r}: expected KEY=V1,V2 with a dotted config key, "
+            raise ConfigError(f"{flag} {item!r}: expected KEY=V1,V2 with a dotted config key, "
                              "e.g. model.lora=true,false")
         if key in ("optim.lr", "train.method", "train.seed"):
-            raise SystemExit(f"selfdistill sweep: {flag} {item!r}: use --lrs / --methods / --seeds for {key}")
+            raise ConfigError(f"{flag} {item!r}: use --lrs / --methods / --seeds for {key}")
         for v in values:
             try:
                 load_config(overrides={key: v}, preset="cpu")
             except ConfigError as e:
-                raise SystemExit(f"selfdistill sweep: {flag} {item!r}: value {v!r} does not parse ({e})") from None
+                raise ConfigError(f"{flag} {item!r}: value {v!r} does not parse ({e})") from None
         grid[key] = values
     return grid
 
@@ -64,7 +64,7 @@ def method_specs(methods: list[str], lrs: list[str], grid: dict[str, list[str]])
     """Method specs of the sweep: lr-major, methods interleaved, grid values innermost."""
     for m in methods:
         if m not in ("sdft", "sft", "dft"):
-            raise SystemExit(f"selfdistill sweep: --methods: unknown method {m!r} (sdft, sft, dft); vary other "
+            raise ConfigError(f"--methods: unknown method {m!r} (sdft, sft, dft); vary other "
                              "settings with --grid")
     keys = list(grid)
     combos = list(itertools.product(*(grid[k] for k in keys))) or [()]
@@ -106,13 +106,10 @@ def run_sweep_cli(args, extra: list[str]) -> int:
         overrides.pop("optim.lr", None)
         notes.append("Settings: the demo's (selfdistill demo), learning rate swept. " + DEMO_SETTINGS_WHY[1])
     overrides.update(parse_dotted_overrides(extra))
-    try:
-        cfg = load_config(args.config, overrides, preset=args.preset)
-        for spec in method_specs(methods, lrs, grid):  # every combination is a valid config before anything runs
-            from .sequence import parse_method
-            load_config(args.config, {**overrides, **parse_method(spec)[1]}, preset=args.preset)
-    except ConfigError as e:
-        raise SystemExit(f"selfdistill sweep: error: {e}") from None
+    from .sequence import parse_method
+    cfg = load_config(args.config, overrides, preset=args.preset)
+    for spec in method_specs(methods, lrs, grid):  # every combination is a valid config before anything runs
+        load_config(args.config, {**overrides, **parse_method(spec)[1]}, preset=args.preset)
     resolve_tasks(specs, {})  # a bad task spec fails before the model loads
     run_sweep(specs, methods, lrs, grid, seeds, args.output, model_name=args.model, cfg=cfg,
               eval_every=args.eval_every, eval_limit=args.eval_limit, notes=notes)
