@@ -64,10 +64,12 @@ def evaluate_stage(model, tok, base_model, tasks, retention, limit: int, batch_s
     accs = {t.name: evaluate_task(model, tok, t, "test", limit, batch_size) for t in tasks}
     ret = evaluate_task(model, tok, retention, "test", 0, batch_size)
     also = {k: evaluate_task(model, tok, t, "test", limit, batch_size) for k, t in (also_eval or {}).items()}
+    kl = drift_kl(base_model, model, tok, DRIFT_PROMPTS[:drift_prompts or None]) if (
+        drift and base_model is not model) else 0.0
     return {"tasks": {k: _acc(v) for k, v in accs.items()},
             "also": {k: _acc(v) for k, v in also.items()},
             "retention": {**_acc(ret), **retention_items(retention, ret)},
-            "drift": drift_kl(base_model, model, tok, DRIFT_PROMPTS[:drift_prompts or None]) if (drift and base_model is not model) else 0.0,
+            "drift": kl,
             "items": {k: v.get("items", [])[:50] for k, v in accs.items()}}
 
 

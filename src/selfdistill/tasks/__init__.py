@@ -30,8 +30,8 @@ from typing import Any, Callable
 from selfdistill.tasks.base import Task, check_mc_example, mc_correct, mc_predicted_index
 from selfdistill.tasks.scorers import contains_word, exact_match, function_call_match, regex_match
 
-__all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_predicted_index", "USER_SCORERS", "load_training_examples",
-           "parse_task_spec", "task_from_spec", "check_scorer_fields"]
+__all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_predicted_index", "USER_SCORERS",
+           "load_training_examples", "parse_task_spec", "task_from_spec", "check_scorer_fields"]
 
 
 def _tooluse(**kw: Any) -> Task:
@@ -150,8 +150,8 @@ def _score_mc_text(out: str, ex: Any) -> bool:
     return exact_match(out, ex.extra["choices"][ex.extra["answer_index"]])
 
 
-_USER_SCORER_FNS = {"exact": _score_exact, "contains_word": _score_contains_word, "regex": _score_regex, "function_call": _score_function_call,
-                    "multiple_choice": _score_mc_text}
+_USER_SCORER_FNS = {"exact": _score_exact, "contains_word": _score_contains_word, "regex": _score_regex,
+                    "function_call": _score_function_call, "multiple_choice": _score_mc_text}
 
 
 def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | Path | None = None,
@@ -295,7 +295,8 @@ def task_from_spec(spec: str) -> Task:
     if scorer not in _USER_SCORER_FNS:
         close = difflib.get_close_matches(scorer, USER_SCORERS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise DataError(f"{name}: unknown scorer {scorer!r} (task spec {spec!r}).{hint} Known: {', '.join(USER_SCORERS)}")
+        raise DataError(f"{name}: unknown scorer {scorer!r} (task spec {spec!r}).{hint} "
+                        f"Known: {', '.join(USER_SCORERS)}")
     kw: dict[str, Any] = {"scorer": scorer, "name": opts.get("name") or Path(name).stem,
                           "seed": int(_coerce(opts.get("seed", "0")))}
     if "max_new_tokens" in opts:
