@@ -176,7 +176,8 @@ def run_sequence(task_specs: list, methods: list[str], seeds: int | list[int], o
                                    also_eval=also_eval)
         base_path.write_text(json.dumps(base_eval, indent=1))
     runs = []
-    for spec, seed in order or [(m, k) for m in methods for k in seed_list]:
+    pairs = order or [(m, k) for m in methods for k in seed_list]
+    for n_run, (spec, seed) in enumerate(pairs, start=1):
         _, ov = parse_method(spec)
         run_dir = out / run_dir_name(spec) / f"seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -207,8 +208,8 @@ def run_sequence(task_specs: list, methods: list[str], seeds: int | list[int], o
                        "retention": r["retention"]["accuracy"]}
                 ckpts.append(rec)
                 return {"eval_new_task_acc": rec["new_task_acc"], "eval_retention": rec["retention"]}
-            print(f"[selfdistill] {spec} seed {seed}: stage {i}/{len(tasks)} — training on {task.name} "
-                  f"({len(task.train)} demonstrations, {stage_cfg.train.max_steps} steps)", file=sys.stderr)
+            print(f"[selfdistill] run {n_run}/{len(pairs)}: {spec} seed {seed}: stage {i}/{len(tasks)} — training on "
+                  f"{task.name} ({len(task.train)} demonstrations, {stage_cfg.train.max_steps} steps)", file=sys.stderr)
             t0 = time.perf_counter()
             res = train_mod.train(
                 stage_cfg, task.train, model_i, tokenizer, stage_dir, resume=resume, overwrite=not resume,
