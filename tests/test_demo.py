@@ -66,3 +66,25 @@ def test_one_seeds_syntax_count_or_list():
         args = build_parser().parse_args([*cmd, "--seeds", "3"])
         assert parse_seeds(args.seeds) == [0, 1, 2], cmd
         assert parse_seeds(build_parser().parse_args(cmd).seeds) == [0], cmd
+
+
+def test_demo_stopped_after_two_of_three_methods_reports_what_finished(model_dir, tmp_path, monkeypatch):
+    import selfdistill.train as tr
+    out = tmp_path / "demo"
+    orig, calls = tr.train, {"n": 0}
+
+    def stopped_in_third_method(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # e.g. `make demo` hit its timeout
+        return orig(*a, **k)
+    monkeypatch.setattr(tr, "train", stopped_in_third_method)
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", "--model", str(model_dir), "--output", str(out), "--quick", "--train.bf16", "false"])
+    assert not (out / "results.json").exists()
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "PARTIAL REPORT" in text and f"{DEMO_METHODS[2]} seed 0: not started" in text
+    assert "2 of 3 planned runs" in text and "Probe" in text  # the finished part, probe included
+    res = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in res["runs"]] == DEMO_METHODS[:2]
