@@ -99,9 +99,11 @@ def test_report_on_a_run_that_stopped_early_never_tracebacks(tmp_path, capsys):
                                                     "run_dirs": {"sdft": "sdft", "sft": "sft"}}))
     (tmp_path / "base_eval.json").write_text(json.dumps({"tasks": {"a": {"accuracy": 0.1, "n": 10}},
                                                          "retention": {"accuracy": 0.5, "n": 4}}))
+    (tmp_path / "sft" / "seed0" / "stage1").mkdir(parents=True)  # stopped during its first stage
     assert main(["report", str(tmp_path)]) == 0  # stopped before any stage finished
     text = (tmp_path / "report.md").read_text()
-    assert "PARTIAL" in text and "sdft seed 0: not started" in text and "sft seed 0: not started" in text
+    assert "PARTIAL" in text and "sdft seed 0: not started" in text
+    assert "sft seed 0: started, 0 of 1 stages finished" in text
 
 
 def test_train_data_with_a_split_trains_on_the_rest(tmp_path):

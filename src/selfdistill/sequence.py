@@ -305,12 +305,13 @@ def collect_results(out: str | Path) -> dict:
     runs, missing = [], []
     for spec in plan["methods"]:
         for seed in plan["seeds"]:
-            prog_path = out / plan["run_dirs"][spec] / f"seed{seed}" / "progress.json"
+            run_dir = out / plan["run_dirs"][spec] / f"seed{seed}"
+            prog_path = run_dir / "progress.json"
             prog = json.loads(prog_path.read_text()) if prog_path.exists() else {"stages": [], "checkpoints": []}
             done = len(prog["stages"])
             if done < len(plan["tasks"]):
-                missing.append(f"{spec} seed {seed}: " + ("not started" if not done and not prog_path.exists()
-                               else f"{done} of {len(plan['tasks'])} stages finished"))
+                missing.append(f"{spec} seed {seed}: " + ("not started" if not run_dir.exists() else
+                               f"started, {done} of {len(plan['tasks'])} stages finished"))
             if done:
                 runs.append(_run_record(spec, seed, plan["tasks"], base_eval, prog))
     return {"title": plan["title"], "model": plan["model"], "machine": extra.get("machine", _machine()),
