@@ -104,8 +104,8 @@ def run_method(method: str, args, tok, device, dtype, out_root: str, engine: str
         "train.micro_batch_size": args.micro_batch or args.batch, "train.bf16": not args.fp32,
         "model.dtype": "float32" if args.fp32 else "bfloat16", "rollout.max_new_tokens": args.new_tokens,
         "optim.warmup_steps": 0, "log.progress": False, "log.rollout_examples": 0,
-        "model.gradient_checkpointing": args.gradient_checkpointing, "rollout.engine": engine,
-        "data.max_prompt_tokens": 256})
+        "model.gradient_checkpointing": args.gradient_checkpointing, "dist.strategy": args.dist,
+        "rollout.engine": engine, "data.max_prompt_tokens": 256})
     model = build_model(tok, tiny=args.tiny, device=device, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
     examples = make_examples(steps * args.batch, args.new_tokens)
@@ -162,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fp32", action="store_true", help="float32 weights, no autocast (default: bf16)")
     ap.add_argument("--gradient-checkpointing", action="store_true", dest="gradient_checkpointing")
     ap.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is available")
+    ap.add_argument("--dist", default="auto", choices=["auto", "fsdp"],
+                    help="fsdp: dist.strategy=fsdp in one process (FSDP2 wrapping over a 1-rank group)")
     args = ap.parse_args(argv)
     d = dict(warm=1, timed=2, batch=4, new_tokens=16) if args.tiny else dict(warm=3, timed=5, batch=8, new_tokens=128)
     for k, v in d.items():

@@ -1,7 +1,8 @@
 """Worker for tests/test_distributed.py: a few SDFT and SFT steps on the tiny model, one process or several.
 
 Run it plainly (`python tests/dist_worker.py --out D`) for the single-process reference, or under
-`accelerate launch --multi_gpu --num_processes 2 ...` (gloo on CPU when no GPU is visible) for data parallel.
+`accelerate launch --multi_gpu --num_processes 2 ...` (gloo on CPU when no GPU is visible) for data parallel
+(`--dist fsdp`: FSDP2, the student and teacher gathered from their shards before saving).
 Every rank writes `D/<method>/rank<r>.pt` with its final student weights, its EMA teacher weights and a sha256 of
 the teacher, so the test can compare ranks with each other and with the single-process run.
 """
@@ -45,12 +46,23 @@ def tensor_sha(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def probe_logits(tok):
+    """An evaluation callback (main process only): the mean logit of a fixed prompt, logged every step."""
+    ids_1L = torch.tensor([tok.encode("What is 12 + 7?")])
+
+    def on_step(step, model):
+        with torch.no_grad():
+            return {"eval_logit_mean": float(model(input_ids=ids_1L).logits.float().mean())}
+    return on_step
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--methods", default="sdft,sft")
     ap.add_argument("--expect-world", type=int, default=1, dest="expect_world")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--dist", default="auto", help="dist.strategy: auto | ddp | fsdp")
     args = ap.parse_args()
 
     from accelerate import Accelerator
@@ -82,12 +94,19 @@ def main() -> int:
             "train.method": method, "train.max_steps": args.steps, "train.prompts_per_step": 4,
             "train.micro_batch_size": 1, "train.seed": 0, "rollout.greedy": True, "rollout.max_new_tokens": 12,
             "optim.lr": 1e-3, "optim.warmup_steps": 0, "optim.schedule": "constant", "teacher.ema_rate": 0.2,
-            "log.progress": False})
+            "dist.strategy": args.dist, "log.progress": False})
         model = build_tiny_model(tok, seed=0)
         out = Path(args.out) / method
-        res = T.train(cfg, examples, model, tok, out, overwrite=True, accelerator=acc)
-        student = {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()}
-        teacher = made[0].state_dict() if made else {}
+        res = T.train(cfg, examples, model, tok, out, overwrite=True, accelerator=acc, on_step=probe_logits(tok),
+                      eval_every=1)
+        if args.dist == "fsdp":  # gather the shards: every rank gets the full weights
+            from selfdistill.distributed import full_state_dict
+            student = full_state_dict(res.model, every_rank=True)
+            teacher = full_state_dict(made[0].copy, every_rank=True) if made else {}
+        else:
+            student = res.model.state_dict()
+            teacher = made[0].state_dict() if made else {}
+        student = {k: v.detach().cpu().clone() for k, v in student.items()}
         teacher = {k: v.detach().cpu().clone() for k, v in teacher.items()}
         torch.save({"world": acc.num_processes, "rank": acc.process_index, "student": student,
                     "teacher": teacher, "teacher_sha": tensor_sha(teacher) if teacher else "",

@@ -58,14 +58,37 @@ def test_train_end_to_end_on_a_local_tiny_model(capsys, tmp_path, tiny_tok, tiny
             "--rollout.max_new_tokens", "4", "--log.progress", "false"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# resolved config") and "divergence: forward_kl" in out
+    assert out.startswith("# preset: cpu, because no GPU was found") and "divergence: forward_kl" in out
     assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2
     rc, line = _err(capsys, argv)  # the same output folder again: refused
     assert rc == 2 and "--overwrite" in line
 
 
 def test_env_prints_versions(capsys):
+    from importlib.metadata import PackageNotFoundError, version
+    from selfdistill.cli import ENV_PACKAGES
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     for k in ("torch", "transformers", "device", "cache dir", "default model GGUF"):
         assert k in out
+    rows = dict(line.split(None, 1) for line in out.splitlines() if line.split(None, 1)[0] in ENV_PACKAGES)
+    for dist in ENV_PACKAGES:  # every row agrees with the installed metadata (gguf has no __version__)
+        try:
+            want = version(dist)
+        except PackageNotFoundError:
+            want = "not installed"
+        assert rows[dist].strip() == want, dist
+    assert rows["gguf"].strip() != "not installed"
+
+
+def test_train_preset_follows_the_device_unless_named(monkeypatch, tmp_path):
+    import torch
+    from selfdistill.cli import resolve_preset
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_preset(None, None, {})[0] == "cpu"
+    assert resolve_preset("paper", None, {}) == ("paper", "# preset: paper (as asked)")
+    assert resolve_preset(None, None, {"preset": "paper"})[0] == "paper"
+    (tmp_path / "c.yaml").write_text("preset: paper\n")
+    assert resolve_preset(None, str(tmp_path / "c.yaml"), {})[0] == "paper"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_preset(None, None, {})[0] == "paper"

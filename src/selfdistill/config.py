@@ -87,6 +87,7 @@ class LossConfig:
     importance_weights: bool = False  # truncated IS weights for rollouts from another engine (on when rollout.engine=vllm, unless set)
     importance_cap: float = 2.0
     chunk_size: int = 256  # >0: memory-lean chunked full-vocab loss, positions per chunk; 0: unchunked; top_k: unused
+    mask_reasoning: bool = False  # drop <think>...</think> reasoning tokens from the SDFT loss (thinking models)
 
 
 @dataclass
@@ -119,6 +120,13 @@ class TrainConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: str = "auto"  # auto (DDP when several processes) | ddp | fsdp (FSDP2: student and EMA teacher sharded)
+    cpu_offload: bool = False  # fsdp: sharded parameters, gradients and AdamW states live in CPU memory
+    reduce_dtype: str = "float32"  # fsdp: dtype of the gradient reduce-scatter (float32 | bfloat16)
+
+
+@dataclass
 class LogConfig:
     every: int = 1
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
@@ -139,6 +147,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     log: LogConfig = field(default_factory=LogConfig)
     preset: str = "paper"
     deviations: list[str] = field(default_factory=list)  # where this run departs from the paper, and why
@@ -172,6 +181,8 @@ CHOICES = {
     "train.method": ("sdft", "sft", "dft"),
     "train.on_nonfinite": ("stop", "skip"),
     "log.report_to": ("none", "tensorboard", "trackio"),
+    "dist.strategy": ("auto", "ddp", "fsdp"),
+    "dist.reduce_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -224,7 +235,7 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         hint = difflib.get_close_matches(key, keys, n=1)
         raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else
                                                          f"; known sections: model, data, context, rollout, "
-                                                         f"loss, teacher, optim, train, log"))
+                                                         f"loss, teacher, optim, train, dist, log"))
     if "." in key:
         sec, name = key.split(".", 1)
         obj = getattr(cfg, sec)

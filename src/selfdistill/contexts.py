@@ -21,6 +21,7 @@ from string import Template
 
 from .config import ContextConfig, DataConfig
 from .data import DataError, Example
+from .models import template_end_of_turn_id
 
 
 @dataclass
@@ -54,11 +55,16 @@ def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def demonstration_ids(tokenizer, demonstration: str) -> list[int]:
-    return tokenizer(demonstration, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def demonstration_ids(tokenizer, demonstration: str, end_id: int | None = None) -> list[int]:
+    """The SFT/DFT target: the demonstration's tokens + the token the chat template writes after an assistant
+    reply (`end_id`; default models.template_end_of_turn_id, e.g. Gemma's <end_of_turn>, not its <eos>)."""
+    if end_id is None:
+        end_id = template_end_of_turn_id(tokenizer)
+    return tokenizer(demonstration, add_special_tokens=False)["input_ids"] + [end_id]
 
 
-def encode_example(tokenizer, ex: Example, data: DataConfig, ctx: ContextConfig) -> Encoded:
+def encode_example(tokenizer, ex: Example, data: DataConfig, ctx: ContextConfig,
+                   end_id: int | None = None) -> Encoded:
     s = render_prompt_ids(tokenizer, ex.prompt)
     t = render_prompt_ids(tokenizer, teacher_messages(ex, ctx))
     if len(s) > data.max_prompt_tokens:
@@ -70,7 +76,31 @@ def encode_example(tokenizer, ex: Example, data: DataConfig, ctx: ContextConfig)
                         f"template) is {len(t)} tokens, over data.max_teacher_prompt_tokens="
                         f"{data.max_teacher_prompt_tokens}; teacher prompts are never truncated (raise the "
                         f"budget, or set data.on_overlength=skip)")
-    return Encoded(s, t, demonstration_ids(tokenizer, ex.demonstration), ex)
+    return Encoded(s, t, demonstration_ids(tokenizer, ex.demonstration, end_id), ex)
+
+
+# Reasoning blocks of thinking models (Qwen3, DeepSeek-R1 distills, ...): <think> ... </think>.
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def reasoning_token_ids(tokenizer) -> tuple[int, int] | None:
+    """(open id, close id) when the vocabulary has <think> and </think> as single tokens, else None."""
+    vocab = tokenizer.get_vocab()
+    if THINK_OPEN in vocab and THINK_CLOSE in vocab:
+        return vocab[THINK_OPEN], vocab[THINK_CLOSE]
+    return None
+
+
+def template_has_reasoning(tokenizer) -> bool:
+    """True when the chat template writes reasoning blocks (it mentions <think>)."""
+    return THINK_OPEN in (getattr(tokenizer, "chat_template", None) or "")
+
+
+def prompt_opens_reasoning(prompt_ids: list[int], open_id: int, close_id: int) -> bool:
+    """True when the prompt ends inside a reasoning block (a template that pre-fills <think>)."""
+    last_open = max((i for i, t in enumerate(prompt_ids) if t == open_id), default=-1)
+    last_close = max((i for i, t in enumerate(prompt_ids) if t == close_id), default=-1)
+    return last_open > last_close
 
 
 def encode_examples(tokenizer, examples: list[Example], data: DataConfig,
@@ -79,9 +109,10 @@ def encode_examples(tokenizer, examples: list[Example], data: DataConfig,
     if not examples:
         raise DataError("no training records (the data file or task split is empty)")
     out, skipped = [], 0
+    end_id = template_end_of_turn_id(tokenizer)
     for ex in examples:
         try:
-            out.append(encode_example(tokenizer, ex, data, ctx))
+            out.append(encode_example(tokenizer, ex, data, ctx, end_id))
         except DataError:
             if data.on_overlength != "skip":
                 raise

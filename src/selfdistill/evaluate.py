@@ -37,9 +37,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import ContextConfig
-from .contexts import render_prompt_ids, teacher_messages
+from .contexts import (prompt_opens_reasoning, reasoning_token_ids, render_prompt_ids, teacher_messages,
+                       template_has_reasoning)
 from .data import DataError, Example
 from .metrics import wilson_interval
+from .models import template_end_of_turn_id
 from .generation import eval_mode as _eval_mode
 from .generation import greedy_completions as greedy_ids
 from .train import completion_logits, pack
@@ -85,6 +87,35 @@ def decode_completion(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def answer_ids(tokenizer, prompt_ids: list[int], ids: list[int]) -> list[int]:
+    """Completion ids without reasoning blocks (<think> ... </think>, losses.reasoning_mask_BT, the same rule as
+    loss.mask_reasoning); unchanged when the vocabulary has no such tokens."""
+    from .losses import reasoning_mask_BT
+
+    think = reasoning_token_ids(tokenizer)
+    if think is None or not ids:
+        return list(ids)
+    inside_B = torch.tensor([prompt_opens_reasoning(prompt_ids, *think)])
+    reasoning_T = reasoning_mask_BT(torch.tensor([ids]), *think, inside_B)[0].tolist()
+    return [t for t, r in zip(ids, reasoning_T) if not r]
+
+
+def scored_text(tokenizer, prompt_ids: list[int], ids: list[int], strip_thinking: bool) -> str:
+    """The text a scorer reads: the decoded reply, its reasoning blocks removed when `strip_thinking`."""
+    if not strip_thinking:
+        return decode_completion(tokenizer, ids)
+    from .tasks.scorers import strip_thinking as strip_text
+
+    return strip_text(decode_completion(tokenizer, answer_ids(tokenizer, prompt_ids, ids)))
+
+
+def resolve_strip_thinking(tokenizer, strip_thinking: bool | str | None) -> bool:
+    """None / "auto": on when the chat template writes <think> blocks; "yes"/"no" or a bool force it."""
+    if strip_thinking in (None, "auto"):
+        return template_has_reasoning(tokenizer)
+    return strip_thinking in (True, "yes")
+
+
 def generate_greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
                     batch_size: int = 16, engine=None) -> list[str]:
     """Greedy replies to chat prompts (lists of messages), in input order, decoded without special tokens."""
@@ -98,8 +129,9 @@ def generate_greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens:
 
 
 def choice_ids(tokenizer, choice: str, include_eos: bool = False) -> list[int]:
+    """The choice's tokens, + the chat template's end-of-turn token when scored as a complete reply."""
     ids = tokenizer(choice, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id] if include_eos else ids
+    return ids + [template_end_of_turn_id(tokenizer)] if include_eos else ids
 
 
 @torch.no_grad()
@@ -259,11 +291,13 @@ def _select(task, split: str, limit: int) -> list[Example]:
 
 
 def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, batch_size: int = 16,
-                  engine=None) -> dict:
+                  strip_thinking: bool | str | None = None, engine=None) -> dict:
     """Accuracy on `task`'s split with a Wilson 95% interval and per-item records.
 
+    `strip_thinking` (generate tasks): score the reply without its <think>...</think> blocks; None/"auto" = on
+    when the chat template has them (resolve_strip_thinking). The item's `raw_output` keeps the full reply.
     Returns {task, split, kind, scoring, n, correct, accuracy, ci95: [lo, hi], items: [{id, origin, prompt,
-    output, reference, correct, (choice_logliks)}]}.
+    output, (raw_output), reference, correct, (choice_logliks)}]}.
     """
     items = _select(task, split, limit)
     records = []
@@ -280,16 +314,44 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
         scoring = ("multiple choice: summed log-prob of the choice tokens as the reply (+ end-of-turn token when "
                    "a choice is a prefix of another); strict argmax, ties wrong")
     else:
-        outputs = generate_greedy(model, tokenizer, [ex.prompt for ex in items], task.max_new_tokens, batch_size,
-                                  engine=engine)
-        for ex, o in zip(items, outputs):
+        strip = resolve_strip_thinking(tokenizer, strip_thinking)
+        prompt_ids = [render_prompt_ids(tokenizer, ex.prompt) for ex in items]
+        comps = greedy_ids(model, tokenizer, prompt_ids, task.max_new_tokens, batch_size, engine=engine)
+        for ex, p, c in zip(items, prompt_ids, comps):
+            o = scored_text(tokenizer, p, c, strip)
             ok = bool(task.score(o, ex))
-            records.append({"id": _item_id(ex), "origin": ex.origin, "prompt": _short(ex.prompt[-1]["content"]),
-                            "output": o, "reference": _reference(ex), "correct": ok})
-        scoring = f"greedy generation (max_new_tokens={task.max_new_tokens}) scored with the task scorer"
+            rec = {"id": _item_id(ex), "origin": ex.origin, "prompt": _short(ex.prompt[-1]["content"]),
+                   "output": o, "reference": _reference(ex), "correct": ok}
+            if strip:
+                rec["raw_output"] = decode_completion(tokenizer, c)
+            records.append(rec)
+        scoring = (f"greedy generation (max_new_tokens={task.max_new_tokens}) scored with the task scorer"
+                   + ("; <think> reasoning blocks removed before scoring" if strip else ""))
     k = sum(r["correct"] for r in records)
-    return {"task": task.name, "split": split, "kind": task.kind, "scoring": scoring, **_summary(k, len(records)),
-            "items": records}
+    out = {"task": task.name, "split": split, "kind": task.kind, "scoring": scoring, **_summary(k, len(records)),
+           "items": records}
+    groups = _group_summaries(items, records)
+    if groups:
+        out["groups"] = groups
+    return out
+
+
+def item_group(ex: Example) -> str | None:
+    """The item's group for separate reporting: ``extra["group"]``, else ``extra["phrasing"]`` (knowledge)."""
+    g = ex.extra.get("group", ex.extra.get("phrasing"))
+    return None if g is None else str(g)
+
+
+def _group_summaries(items: list[Example], records: list[dict]) -> dict:
+    """{group: summary} when the items fall into more than one group (e.g. the knowledge phrasings), else {}."""
+    by: dict[str, list[bool]] = {}
+    for ex, r in zip(items, records):
+        g = item_group(ex)
+        r["group"] = g
+        by.setdefault(g, []).append(r["correct"])
+    if len(by) < 2:
+        return {}
+    return {str(g): _summary(sum(v), len(v)) for g, v in by.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -362,14 +424,16 @@ def probe_verdict(student: dict, teacher: dict) -> tuple[bool, str]:
 
 def probe(model, tokenizer, task_or_examples, ctx: ContextConfig | None = None, limit: int = 40,
           batch_size: int = 16, max_new_tokens: int | None = None,
-          scorer: Callable[[str, Example], bool] | None = None, n_examples: int = 3) -> dict:
+          scorer: Callable[[str, Example], bool] | None = None, n_examples: int = 3,
+          strip_thinking: bool | str | None = None) -> dict:
     """Before training: does the in-context teacher beat the student on the task's TRAIN items?
 
     `task_or_examples`: a Task (its train split and scorer are used) or a list of Examples (scored with
     `scorer`, default exact match against `extra['reference']` or else the demonstration). Both sides decode
     greedily (up to `max_new_tokens`, default the task's). `kl_teacher_student` is the mean per-token
     KL(teacher ‖ student) over the full vocabulary on the student's greedy rollouts (every completion token,
-    none skipped), teacher-forced under the teacher context and the student context.
+    none skipped), teacher-forced under the teacher context and the student context. `strip_thinking` as in
+    :func:`evaluate_task` (both sides' replies are scored without their reasoning blocks).
     """
     ctx = ctx or ContextConfig()
     if isinstance(task_or_examples, (list, tuple)):
@@ -396,8 +460,9 @@ def probe(model, tokenizer, task_or_examples, ctx: ContextConfig | None = None, 
     t_ids = [render_prompt_ids(tokenizer, teacher_messages(ex, ctx)) for ex in examples]
     s_comps = greedy_ids(model, tokenizer, s_ids, mnt, batch_size)
     t_comps = greedy_ids(model, tokenizer, t_ids, mnt, batch_size)
-    s_out = [decode_completion(tokenizer, c) for c in s_comps]
-    t_out = [decode_completion(tokenizer, c) for c in t_comps]
+    strip = resolve_strip_thinking(tokenizer, strip_thinking)
+    s_out = [scored_text(tokenizer, p, c, strip) for p, c in zip(s_ids, s_comps)]
+    t_out = [scored_text(tokenizer, p, c, strip) for p, c in zip(t_ids, t_comps)]
     s_ok = [bool(scorer(o, ex)) for o, ex in zip(s_out, examples)]
     t_ok = [bool(scorer(o, ex)) for o, ex in zip(t_out, examples)]
     student, teacher = _summary(sum(s_ok), len(examples)), _summary(sum(t_ok), len(examples))
@@ -430,8 +495,10 @@ def split_task_names(spec: str) -> tuple[list[str], list[str]]:
     return own, lm_tasks
 
 
-def resolve_task(name: str, data: str | None = None, scorer: str = "exact"):
-    """A built-in task by name (selfdistill.tasks.get_task), or `user` built from --data."""
+def resolve_task(name: str, data: str | None = None, scorer: str = "exact", *, all_phrasings: bool = False):
+    """A task from a spec (:func:`selfdistill.tasks.task_from_spec`: a built-in name with options, or a file with
+    options), or ``user`` built from `data` scored with `scorer`. `all_phrasings`: a bare ``knowledge`` gets
+    every test phrasing (``selfdistill eval`` reports them separately)."""
     from . import tasks
     from .data import DataError
 
@@ -439,12 +506,35 @@ def resolve_task(name: str, data: str | None = None, scorer: str = "exact"):
         if name == "user" or (data and name in ("", None)):
             if not data:
                 raise DataError("task 'user' needs --data PATH")
-            return tasks.user_task(data, scorer=scorer)
-        return tasks.get_task(name)
+            _, opts = tasks.parse_task_spec(data)
+            return tasks.task_from_spec(data if "scorer" in opts else _with_option(data, "scorer", scorer))
+        if all_phrasings and name == "knowledge":
+            name = "knowledge@test_phrasing=all"
+        return tasks.task_from_spec(name)
     except DataError:
         raise
     except ValueError as e:  # unknown task / scorer: one line from the CLI, not a traceback
         raise DataError(str(e)) from None
+
+
+def _with_option(spec: str, key: str, value: str) -> str:
+    from .tasks import parse_task_spec
+
+    name, opts = parse_task_spec(spec)
+    opts[key] = value
+    return name + "@" + ",".join(f"{k}={v}" for k, v in opts.items())
+
+
+def eval_task_specs(tasks_arg: str | None, task_args: list[str] | None, data: str | None) -> tuple[list, list]:
+    """(own task specs, lm-eval task names) for `selfdistill eval`: exactly what was asked (`--tasks` names,
+    each `--task` spec, `--data`); knowledge and retention only when nothing was asked."""
+    own, lm_tasks = split_task_names(tasks_arg or "")
+    own += list(task_args or [])
+    if data:
+        own.append("user")
+    if not own and not lm_tasks:
+        own = ["knowledge", "retention"]
+    return own, lm_tasks
 
 
 def _fmt_ci(ci) -> str:
@@ -454,13 +544,14 @@ def _fmt_ci(ci) -> str:
 def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=title)
+        t = Table(title=escape(title))
         for h in header:
             t.add_column(h, justify="left" if h in ("task", "metric", "") else "right")
-        for r in rows:
-            t.add_row(*r)
+        for r in rows:  # escaped: "knowledge [reworded]" is text, not rich markup
+            t.add_row(*(escape(c) for c in r))
         Console().print(t)
     except ImportError:  # pragma: no cover - rich is a dependency; plain fallback
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
@@ -486,12 +577,8 @@ def _write_json(path: str, obj: dict) -> None:
 def run_eval_cli(args) -> int:
     from .models import load_model
 
-    own, lm_tasks = split_task_names(args.tasks or "")
-    if args.data and not own and not lm_tasks:
-        own = ["user"]
-    if args.data and "user" not in own:
-        own.append("user")
-    task_objs = [resolve_task(n, args.data, args.scorer) for n in own]  # fail on a bad name before loading
+    own, lm_tasks = eval_task_specs(args.tasks, getattr(args, "task", None), args.data)
+    task_objs = [resolve_task(n, args.data, args.scorer, all_phrasings=True) for n in own]  # fail before loading
     model, tok, info = load_model(args.model)
     engine = None
     if getattr(args, "engine", "hf") != "hf" and any(t.kind != "multiple_choice" for t in task_objs):  # generation tasks through vLLM (--engine vllm)
@@ -502,9 +589,11 @@ def run_eval_cli(args) -> int:
     rows = []
     for task in task_objs:
         r = evaluate_task(model, tok, task, split=args.split, limit=args.limit, batch_size=args.batch_size,
-                          engine=engine)
+                          strip_thinking=getattr(args, "strip_thinking", "auto"), engine=engine)
         results["tasks"][task.name] = r
-        rows.append([task.name, str(r["n"]), f"{r['accuracy']:.3f}", _fmt_ci(r["ci95"])])
+        for label, g in ([(f"{task.name} [{k}]", v) for k, v in r["groups"].items()] if r.get("groups")
+                         else [(task.name, r)]):
+            rows.append([label, str(g["n"]), f"{g['accuracy']:.3f}", _fmt_ci(g["ci95"])])
     if rows:
         _print_table(f"selfdistill eval: {info.name} ({args.split} split)", ["task", "n", "accuracy", "95% CI"], rows)
     if lm_tasks:
@@ -538,8 +627,11 @@ def run_probe_cli(args) -> int:
     from .models import load_model
 
     task = resolve_task("user" if args.data else args.task, args.data, args.scorer)
+    if not task.train:
+        raise DataError(f"probe: task {task.name!r} has no training items")
     model, tok, info = load_model(args.model)
-    r = probe(model, tok, task, ContextConfig(), limit=args.limit, batch_size=args.batch_size)
+    r = probe(model, tok, task, ContextConfig(), limit=args.limit, batch_size=args.batch_size,
+              strip_thinking=getattr(args, "strip_thinking", "auto"))
     r["model"] = info.name
     print(format_probe(r))
     if args.output:

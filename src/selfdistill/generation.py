@@ -126,14 +126,14 @@ def ignored_generation_settings(model) -> dict:
 _NOTICED: set[int] = set()
 
 
-def notice_ignored(model, file=sys.stderr) -> None:
+def notice_ignored(model, file=None) -> None:
     """One line, once per model object, naming the checkpoint's generation settings selfdistill ignores."""
     ignored = ignored_generation_settings(model)
     if ignored and id(hf_module(model)) not in _NOTICED:
         _NOTICED.add(id(hf_module(model)))
         shown = ", ".join(f"{k}={v}" for k, v in ignored.items())
         print(f"[selfdistill] ignoring the checkpoint's generation_config ({shown}): rollouts and evaluation "
-              f"use only selfdistill's settings (rollout.*)", file=file)
+              f"use only selfdistill's settings (rollout.*)", file=file or sys.stderr)
 
 
 @contextlib.contextmanager

@@ -106,6 +106,7 @@ __all__ = [
     "divergence_from_logprobs",
     "log_softmax_fp32",
     "per_token_divergence_BT",
+    "reasoning_mask_BT",
     "reduce_per_sequence_mean",
     "sequence_importance_weights",
     "sft_loss",
@@ -249,6 +250,31 @@ def build_loss_mask(completion_mask_BT: torch.Tensor, skip_first_tokens: int = 3
     real_BT = completion_mask_BT.bool()
     rank_BT = real_BT.long().cumsum(dim=-1)  # 1 for the first real token of the row, 2 for the next, ...
     return real_BT & (rank_BT > int(skip_first_tokens))
+
+
+def reasoning_mask_BT(
+    completion_ids_BT: torch.Tensor,
+    open_id: int,
+    close_id: int,
+    starts_inside_B: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool ``[B, T]``: True on the tokens of reasoning blocks (``open_id`` ... ``close_id``, both markers
+    included; Qwen3's ``<think>`` ... ``</think>``), False elsewhere.
+
+    A token is inside a block when the last ``open_id`` at or before it comes after the last ``close_id``
+    strictly before it. ``starts_inside_B`` marks rows whose prompt already opened a block (templates that
+    pre-fill ``<think>`` in the generation prompt): they are inside from position 0 until the first close.
+    Blocks do not nest; a stray ``close_id`` outside a block is not masked; an unclosed block runs to the end.
+    """
+    B, T = completion_ids_BT.shape
+    pos_BT = torch.arange(1, T + 1, device=completion_ids_BT.device).expand(B, T)
+    base_B1 = torch.full((B, 1), -1, dtype=pos_BT.dtype, device=pos_BT.device)
+    if starts_inside_B is not None:  # a virtual open marker at position 0
+        base_B1 = torch.where(starts_inside_B.bool().reshape(B, 1).to(pos_BT.device), 0, base_B1)
+    last_open_BT = torch.where(completion_ids_BT == open_id, pos_BT, base_B1).cummax(-1).values
+    last_close_BT = torch.where(completion_ids_BT == close_id, pos_BT, -1).cummax(-1).values
+    close_before_BT = torch.cat([torch.full_like(last_close_BT[:, :1], -1), last_close_BT[:, :-1]], -1)
+    return last_open_BT > close_before_BT
 
 
 def _sequence_token_weights_BT(
@@ -456,11 +482,14 @@ def distillation_loss(
     num_sequences_total: int | None = None,
     importance_weights_B: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    keep_mask_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SDFT loss: per-token ``divergence`` between student and (detached) teacher, per-sequence-mean reduced.
 
     Logits are at the same ``B × T`` completion positions (position t predicts completion token t).
-    Loss mask = :func:`build_loss_mask` (``completion_mask_BT``, ``skip_first_tokens``). Reduction as in
+    Loss mask = :func:`build_loss_mask` (``completion_mask_BT``, ``skip_first_tokens``), AND ``keep_mask_BT``
+    when given (e.g. ``~reasoning_mask_BT(...)`` to drop reasoning blocks; the first-token skip still counts
+    from the start of the completion). Reduction as in
     :func:`reduce_per_sequence_mean`, each sequence's term multiplied by the detached
     ``importance_weights_B`` when given. ``chunk_size`` switches the full-vocabulary computation to
     :func:`chunked_divergence_BT` over the loss positions only (same value and gradient, less memory);
@@ -489,6 +518,8 @@ def distillation_loss(
         raise ValueError("chunk_size is only implemented for support='full'; use chunk_size=None with top_k")
 
     loss_mask_BT = build_loss_mask(completion_mask_BT, skip_first_tokens)
+    if keep_mask_BT is not None:
+        loss_mask_BT = loss_mask_BT & keep_mask_BT.bool().to(loss_mask_BT.device)
     cdt = _compute_dtype(student_logits_BTV)
     weights_BT = _sequence_token_weights_BT(loss_mask_BT, num_sequences_total, importance_weights_B, cdt)
     extras: dict[str, torch.Tensor] = {}

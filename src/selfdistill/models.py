@@ -7,7 +7,9 @@
       checked on every load; a missing or corrupt cache is rebuilt.
   (b) a local transformers directory, (c) a local `.gguf` file (converted and cached the same way, keyed by the
       file's sha256), (d) a hub id, for users with internet.
-Chat template, EOS and pad are set so generation stops where it should (`<|im_end|>` for ChatML models).
+The end of an assistant turn is read from the chat template itself (`end_of_turn_ids`: `<|im_end|>` for ChatML,
+`<|eot_id|>` for Llama-3, `<end_of_turn>` for Gemma, `</s>` for Mistral, `<|end|>` for Phi-3), united with the
+checkpoint's generation_config EOS ids; rollouts, evaluation and SFT/DFT targets all use it.
 """
 
 from __future__ import annotations
@@ -80,30 +82,78 @@ def _cache_is_valid(d: Path) -> bool:
         return False
 
 
+# The probe conversation end_of_turn_ids renders: the marker is plain ASCII no template rewrites.
+_EOT_MARKER = "SELFDISTILLEOTMARKER"
+_EOT_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _EOT_MARKER}]
+
+
+def _id_list(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value if v is not None]
+    return [int(value)]
+
+
+def template_end_of_turn_id(tokenizer) -> int:
+    """The token the chat template writes right after an assistant reply (`<|eot_id|>`, `<end_of_turn>`,
+    `<|im_end|>`, `</s>`, `<|end|>`, ...), read from a rendered [user, assistant] conversation.
+
+    No plain-text fallback: without a chat template, or when the template ends an assistant reply with ordinary
+    text, nothing marks where a turn ends, so rollouts could not stop and SFT targets could not end; that is a
+    ModelError naming what the template wrote.
+    """
+    name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"{name}: the tokenizer has no chat template; selfdistill renders student and teacher "
+                         "prompts and finds the end-of-turn token with it (use an instruct model or add one)")
+    try:
+        text = tokenizer.apply_chat_template(_EOT_PROBE, tokenize=False)
+    except Exception as e:  # noqa: BLE001 - a template that refuses [user, assistant] is unusable here
+        raise ModelError(f"{name}: the chat template cannot render a user turn and an assistant reply "
+                         f"({type(e).__name__}: {str(e)[:200]})") from None
+    if _EOT_MARKER not in text:
+        raise ModelError(f"{name}: the chat template does not write the assistant's reply text")
+    after = text[text.rindex(_EOT_MARKER) + len(_EOT_MARKER):].lstrip()
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = {int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+    special |= set(getattr(tokenizer, "all_special_ids", []))
+    if not ids or ids[0] not in special:
+        raise ModelError(f"{name}: the chat template ends an assistant reply with {after[:40]!r}, not a special "
+                         "token, so there is no end-of-turn token to stop at (use a template that closes the "
+                         "assistant turn with one, e.g. ChatML's <|im_end|>)")
+    return int(ids[0])
+
+
+def end_of_turn_ids(tokenizer, model=None) -> list[int]:
+    """Every id that ends an assistant turn: the chat template's own end-of-turn token first (what the template
+    writes after an assistant reply, so the SFT/DFT target ends with it), then the model's
+    generation_config.eos_token_id (an int or a list: e.g. Llama-3's [<|end_of_text|>, <|eot_id|>]), then the
+    tokenizer's EOS (an end of sequence ends the turn too). No duplicates; order kept.
+    """
+    ids = [template_end_of_turn_id(tokenizer)]
+    model = getattr(model, "module", model)  # DDP; peft forwards generation_config to the base model
+    gc = getattr(model, "generation_config", None) if model is not None else None
+    ids += _id_list(getattr(gc, "eos_token_id", None))
+    ids += _id_list(getattr(tokenizer, "eos_token_id", None))
+    return list(dict.fromkeys(ids))
+
+
 def set_chat_special_tokens(tokenizer, model=None) -> None:
-    """Make EOS the end-of-turn token (ChatML `<|im_end|>` when present) and give the tokenizer a pad token."""
-    vocab = tokenizer.get_vocab()
-    if "<|im_end|>" in vocab:
-        tokenizer.eos_token = "<|im_end|>"
+    """Give the tokenizer a pad token (its EOS when it has none) and left padding; list every end-of-turn id in
+    the model's generation_config (so a saved model stops where training did). Nothing is narrowed to one id:
+    the tokenizer's EOS is kept, and generation_config.eos_token_id becomes end_of_turn_ids (a list)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     if model is not None:
-        model.config.eos_token_id = tokenizer.eos_token_id
+        stop_ids = end_of_turn_ids(tokenizer, model)
         model.config.pad_token_id = tokenizer.pad_token_id
         gc = model.generation_config
-        gc.eos_token_id = tokenizer.eos_token_id
+        gc.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
         gc.pad_token_id = tokenizer.pad_token_id
         if getattr(gc, "bos_token_id", None) is None:
             gc.bos_token_id = tokenizer.bos_token_id
-
-
-def end_of_turn_ids(tokenizer, model=None) -> list[int]:
-    """Every id that ends an assistant turn: the tokenizer's EOS and the generation config's eos ids."""
-    ids = [tokenizer.eos_token_id]
-    gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += [gc_eos] if isinstance(gc_eos, int) else list(gc_eos or [])
-    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
@@ -198,6 +248,6 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     if tok.chat_template is None:
         raise ModelError(f"{info.path}: the tokenizer has no chat template; selfdistill renders student and "
                          "teacher prompts with it (use an instruct model or add one)")
-    set_chat_special_tokens(tok, model)
+    set_chat_special_tokens(tok, model)  # also checks that the template marks the end of an assistant turn
     model.to(device)
     return model, tok, info

@@ -2,7 +2,9 @@
 
 Full fine-tuning:
   ema     a separate copy of the model, initialised to the student; after every optimizer step
-          teacher <- (1 - a) * teacher + a * student   (a = teacher.ema_rate, 0.01 by default), in float32
+          teacher <- (1 - a) * teacher + a * student   (a = teacher.ema_rate, 0.01 by default), in float32.
+          Under FSDP2 (dist.strategy=fsdp) the copy is sharded exactly like the student and each rank updates
+          its own float32 shards (no communication)
   frozen  a separate copy of the initial weights, never updated
   live    the current student itself (no copy; the paper's ablation shows this one diverges)
 LoRA (peft):
@@ -20,6 +22,11 @@ import copy
 import torch
 
 TEACHER_ADAPTER = "teacher"
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) parameter's local shard; the tensor itself otherwise."""
+    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def is_peft(model) -> bool:
@@ -87,8 +94,8 @@ class Teacher:
             t, s = zip(*self._lora_pairs)
             torch._foreach_lerp_(list(t), [x.detach().to(y.dtype) for x, y in zip(s, t)], a)
             return
-        for t, s in zip(self.copy.parameters(), self.student.parameters()):
-            t.lerp_(s.detach().to(t.dtype), a)
+        for t, s in zip(self.copy.parameters(), self.student.parameters()):  # FSDP2: this rank's shards only
+            _local(t).lerp_(_local(s).detach().to(t.dtype), a)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.copy is not None:

@@ -12,11 +12,13 @@ One SDFT optimizer step (`optimizer_step`: `sdft_micro_step` over micro-batches,
 SFT/DFT use the same data order, schedule, logging and checkpoints; their micro step is cross-entropy on the
 demonstration after the student prompt (DFT: weighted by the token's own detached probability).
 With rollout.temperature T != 1, student and teacher logits are divided by T before every softmax of the loss and
-the importance weights (as the official trainer does): the loss compares the distributions actually sampled from.
+the importance weights (as the official trainer and TRL's SDFTTrainer do): the loss compares the distributions
+actually sampled from.
 
 The file reads top to bottom: batches; the micro steps; `setup` (model, float32 master weights, teacher,
-optimizer, wrapping, engine, resume) -> `Run`; `optimizer_step` (the same for 1 process and DDP); progress,
-logging and saving; `train`, the loop that ties them together.
+optimizer, wrapping, engine, resume) -> `Run`; `optimizer_step` (the same for 1 process, DDP and FSDP2); progress,
+logging and saving; `train`, the loop that ties them together. Wrapping (dist.strategy): one process as is; DDP
+replicas; or FSDP2 (distributed.py), where the student and its EMA teacher are sharded alike over all processes.
 
 Layout of a packed batch (rollouts and scoring share it, so positions line up exactly):
     [left padding | prompt ids | completion ids | right padding]
@@ -39,10 +41,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import losses
+from . import distributed, losses
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, to_dict, to_yaml
-from .contexts import Encoded, encode_examples
+from .contexts import Encoded, encode_examples, prompt_opens_reasoning, reasoning_token_ids
 from .data import Example
 from .generation import GenerationAborted, derive_seed
 from .teacher import Teacher
@@ -102,36 +104,54 @@ def tempered(logits_BTV: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[float]], cfg: Config):
-    """Truncated IS weight per sequence: trainer log-probs vs the sampler's (engine) log-probs."""
+    """Truncated IS weight per sequence (trainer log-probs vs the sampler's), and the fraction of loss tokens
+    whose ratio hit the cap."""
     train_lp_BT = student_logits_BTV.detach().float().log_softmax(-1).gather(
         -1, sb.completion_ids_BT.unsqueeze(-1)).squeeze(-1)
     sampler_BT = torch.zeros_like(train_lp_BT)
     for b, lp in enumerate(sampler_lps):
         sampler_BT[b, :len(lp)] = torch.tensor(lp)
-    mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens)
-    weights_B = losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT, cap=cfg.loss.importance_cap)
-    capped_BT = (train_lp_BT - sampler_BT >= math.log(cfg.loss.importance_cap)) & mask_BT.bool()
-    stats = {"is_weight_mean": float(weights_B.mean()),
-             "is_frac_capped": float(capped_BT.sum() / mask_BT.sum().clamp(min=1))}
-    return weights_B, stats
+    mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens).bool()
+    capped = ((train_lp_BT - sampler_BT) >= math.log(cfg.loss.importance_cap)) & mask_BT
+    capped_frac = float(capped.sum()) / max(float(mask_BT.sum()), 1.0)
+    return losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT,
+                                              cap=cfg.loss.importance_cap), capped_frac
+
+
+def think_ids(tokenizer) -> tuple[int, int]:
+    """The <think> / </think> ids loss.mask_reasoning needs; a one-line error when the model has none."""
+    ids = reasoning_token_ids(tokenizer)
+    if ids is None:
+        raise TrainingError("loss.mask_reasoning=true, but the tokenizer has no <think> and </think> tokens (not a "
+                            "thinking model); set loss.mask_reasoning=false")
+    return ids
+
+
+def reasoning_keep_mask(tokenizer, student_prompts: list[list[int]], sb: Packed) -> torch.Tensor:
+    """loss.mask_reasoning: False on the rollouts' reasoning-block tokens (losses.reasoning_mask_BT)."""
+    o, c = think_ids(tokenizer)
+    inside_B = torch.tensor([prompt_opens_reasoning(p, o, c) for p in student_prompts])
+    return ~losses.reasoning_mask_BT(sb.completion_ids_BT, o, c, inside_B)
 
 
 def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: list[Encoded], cfg: Config,
                     seed: int, num_sequences_total: int, amp, timings: dict,
                     should_stop=None, on_tokens=None) -> tuple[torch.Tensor, dict, list]:
-    device = next(model.parameters()).device
+    device = distributed.compute_device(model)
     R = cfg.rollout.num_rollouts
     student_prompts = [e.student_prompt_ids for e in items for _ in range(R)]
     teacher_prompts = [e.teacher_prompt_ids for e in items for _ in range(R)]
     T = 1.0 if cfg.rollout.greedy else cfg.rollout.temperature
 
     t0 = time.perf_counter()
-    with amp():  # 1. rollout: the student samples from the prompt alone
+    # 1. rollout: the student samples from the prompt alone (FSDP2: every layer gathered once, then decoding
+    # runs without collectives, so ranks may finish at different lengths)
+    with amp(), distributed.unsharded(model):
         rollouts = engine.generate(student_prompts, spec, seed=seed, want_logprobs=cfg.loss.importance_weights,
                                    should_stop=should_stop, on_tokens=on_tokens)
     completions = [r.ids for r in rollouts]
     t1 = time.perf_counter()
-    with torch.inference_mode(), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
+    with distributed.no_grad_for(model), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
         teacher_logits_BTV = completion_logits(teacher_model, pack(teacher_prompts, completions,
                                                                    tokenizer.pad_token_id, device)).float()
     teacher_logits_BTV = tempered(teacher_logits_BTV.clone(), T)  # clone: leave inference mode for autograd
@@ -140,18 +160,21 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     sb = pack(student_prompts, completions, tokenizer.pad_token_id, device)
     with amp():  # 3. the student scores them with gradient
         student_logits_BTV = tempered(completion_logits(model, sb), T)
-    weights_B, is_stats = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
-        if cfg.loss.importance_weights else (None, {})
+    weights_B, capped_frac = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
+        if cfg.loss.importance_weights else (None, None)
+    keep_BT = reasoning_keep_mask(tokenizer, student_prompts, sb) if cfg.loss.mask_reasoning else None
     loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
         student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT,
         divergence=cfg.loss.divergence, support=cfg.loss.support, top_k=cfg.loss.top_k,
         topk_from=cfg.loss.topk_from, jsd_beta=cfg.loss.jsd_beta, skip_first_tokens=cfg.loss.skip_first_tokens,
         num_sequences_total=num_sequences_total, importance_weights_B=weights_B,
-        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None)  # top-k: not chunked
+        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None,  # top-k: not chunked
+        keep_mask_BT=keep_BT)
     timings["generate"] += t1 - t0
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
-    metrics.update(is_stats)  # mean truncated importance weight, fraction of loss tokens at the cap
+    if capped_frac is not None:
+        metrics["importance_capped_frac"] = capped_frac
     metrics["completion_tokens"] = float(sb.completion_mask_BT.sum())
     metrics["completion_len"] = metrics["completion_tokens"] / len(completions)
     return loss, metrics, completions
@@ -159,7 +182,7 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
 
 def sft_micro_step(model, tokenizer, items: list[Encoded], cfg: Config, num_sequences_total: int,
                    amp, method: str = "sft") -> tuple[torch.Tensor, dict]:
-    device = next(model.parameters()).device
+    device = distributed.compute_device(model)
     sb = pack([e.student_prompt_ids for e in items], [e.demonstration_ids for e in items],
               tokenizer.pad_token_id, device)
     with amp():
@@ -295,8 +318,8 @@ class Run:
     cfg: Config
     acc: object  # accelerate.Accelerator
     out: Path
-    model: torch.nn.Module  # the unwrapped student (saved, evaluated)
-    wrapped: torch.nn.Module  # what forward/backward run on (DDP-wrapped when several processes)
+    model: torch.nn.Module  # the student (saved, evaluated); under FSDP2 sharded in place (DTensor parameters)
+    wrapped: torch.nn.Module  # what forward/backward run on (DDP-wrapped under DDP; the model otherwise)
     tokenizer: object
     teacher: Teacher | None
     optimizer: torch.optim.Optimizer
@@ -311,6 +334,7 @@ class Run:
     step: int = 0
     skipped_steps: int = 0
     save_dtype: torch.dtype | None = None
+    strategy: str = "single"  # single | ddp | fsdp (distributed.resolve_strategy)
 
     @property
     def world(self) -> int:
@@ -335,22 +359,29 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
     from .generation import make_engine, rollout_spec, stop_ids_for
 
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    strategy = _strategy(cfg, acc)
     if acc.is_main_process:
         _check_output_dir(out, cfg, resume, overwrite)
         out.mkdir(parents=True, exist_ok=True)
     acc.wait_for_everyone()
     torch.manual_seed(cfg.train.seed)
     encoded, skipped = encode_examples(tokenizer, examples, cfg.data, cfg.context)
+    if cfg.train.method == "sdft" and cfg.loss.mask_reasoning:
+        think_ids(tokenizer)  # fail before any work
     save_dtype = next(model.parameters()).dtype
     model, autocast = float32_master_weights(build_model_for_training(model, cfg), cfg)
     model.to(acc.device)
     teacher = Teacher(model, cfg.teacher.kind, cfg.teacher.ema_rate) if cfg.train.method == "sdft" else None
     if teacher is not None and teacher.copy is not None:
         teacher.copy.to(acc.device)
+    if strategy == "fsdp":  # shard student and teacher copy alike, before the optimizer sees the parameters
+        distributed.wrap_for_training(model, teacher.copy if teacher is not None else None, acc.device,
+                                      bf16=autocast, reduce_dtype=cfg.dist.reduce_dtype,
+                                      cpu_offload=cfg.dist.cpu_offload or distributed.plugin_cpu_offload(acc))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg, acc.device)
-    wrapped = acc.prepare_model(model) if acc.num_processes > 1 else model
-    if acc.num_processes > 1 and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+    wrapped = acc.prepare_model(model) if strategy == "ddp" else model
+    if strategy == "ddp" and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         raise TrainingError(f"distributed type {acc.distributed_type.name}: only DDP data parallel is supported; "
                             f"FSDP/DeepSpeed would need sharding-aware backward, clipping and EMA teacher "
                             f"(docs/multi_gpu.md)")
@@ -362,19 +393,43 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
     spec = rollout_spec(cfg.rollout, stop_ids_for(tokenizer, model))
     run = Run(cfg, acc, out, model, wrapped, tokenizer, teacher, optimizer, scheduler, params, encoded, skipped,
               data_order(len(encoded), cfg.train.seed, cfg.data.shuffle, cfg.train.max_steps * P), engine, spec,
-              autocast, save_dtype=save_dtype if save_dtype != torch.float32 else None)
+              autocast, save_dtype=save_dtype if save_dtype != torch.float32 else None, strategy=strategy)
     if resume:
         _resume(run)
     return run
+
+
+def _strategy(cfg: Config, acc) -> str:
+    """single | ddp | fsdp for this launch; unsupported combinations stop here with a one-line reason."""
+    try:
+        strategy = distributed.resolve_strategy(cfg.dist.strategy, acc, lora=cfg.model.lora)
+    except distributed.DistributedConfigError as e:
+        raise TrainingError(str(e)) from None
+    if strategy == "fsdp" and cfg.rollout.engine != "hf":
+        raise TrainingError(f"rollout.engine={cfg.rollout.engine} with dist.strategy=fsdp is not supported: the "
+                            f"engine would need the gathered weights after every step; use rollout.engine=hf")
+    if strategy == "fsdp" and cfg.train.method == "sdft" and cfg.teacher.kind == "live":
+        raise TrainingError("teacher.kind=live with dist.strategy=fsdp is not supported: the teacher pass would "
+                            "gather the student's weights as inference tensors; use teacher.kind=ema or frozen")
+    return strategy
 
 
 def _resume(run: Run) -> None:
     ck = latest_checkpoint(run.out / "checkpoints")
     if ck is None:
         return
-    teacher_sd, state = load_checkpoint(ck, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
-    if run.teacher is not None:
-        run.teacher.load_state_dict(teacher_sd)
+    sharded = (ck / ".metadata").exists()
+    if sharded != (run.strategy == "fsdp"):
+        raise TrainingError(f"{ck}: written with dist.strategy={'fsdp' if sharded else 'ddp or one process'}; "
+                            f"resume it with the same strategy")
+    if sharded:
+        state = distributed.load_sharded_checkpoint(ck, model=run.model, optimizer=run.optimizer,
+                                                    teacher=run.teacher.copy if run.teacher else None,
+                                                    scheduler=run.scheduler)
+    else:
+        teacher_sd, state = load_checkpoint(ck, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
+        if run.teacher is not None:
+            run.teacher.load_state_dict(teacher_sd)
     run.step, run.skipped_steps = state["step"], state.get("skipped_steps", 0)
     if run.engine is not None:
         run.engine.sync_weights(run.model)
@@ -412,7 +467,7 @@ def _micro_batch(run: Run, i: int, stop: StopFlag, timings: dict, progress) -> t
 def _apply_update(run: Run, nonfinite: bool, agg: dict) -> float:
     """Clip, then update (or skip/stop on a non-finite loss or gradient). Returns the gradient norm."""
     cfg = run.cfg
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.max_grad_norm)
+    grad_norm = distributed.clip_grad_norm(run.params, cfg.optim.max_grad_norm)  # FSDP2: the global norm
     nonfinite = nonfinite or not bool(torch.isfinite(grad_norm))
     if run.world > 1:
         flag = torch.tensor([float(nonfinite)], device=run.acc.device)
@@ -437,7 +492,7 @@ def _apply_update(run: Run, nonfinite: bool, agg: dict) -> float:
 
 
 def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
-    """One optimizer step, the same code for 1 process and DDP. Returns the step's metrics record.
+    """One optimizer step, the same code for 1 process, DDP and FSDP2. Returns the step's metrics record.
     Raises StepAborted (gradients cleared, nothing updated) when a stop arrives before the update."""
     cfg = run.cfg
     timings = {"generate": 0.0, "teacher": 0.0, "student": 0.0, "optimizer": 0.0}
@@ -452,7 +507,9 @@ def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
                 raise StepAborted()
             progress.micro(i, run.n_micro)
             last = i == run.n_micro - 1
-            sync = run.acc.no_sync(run.wrapped) if (run.world > 1 and not last) else contextlib.nullcontext()
+            # DDP all-reduces at the last micro-batch only; FSDP2 reduce-scatters every micro-batch (gradients
+            # stay sharded: no full-size gradient buffer), the sum is the same up to float rounding
+            sync = run.acc.no_sync(run.wrapped) if (run.strategy == "ddp" and not last) else contextlib.nullcontext()
             with sync:
                 loss, m, comps = _micro_batch(run, i, stop, timings, progress)
                 ts = time.perf_counter()
@@ -557,8 +614,31 @@ class MetricsLog:
             self.f.close()
 
 
+def _save_on_stop(run: Run) -> None:
+    """After a stop: checkpoint the last finished step unless that checkpoint exists already (or no step has
+    finished: a resume then simply starts over). Writing it is most of the time a stop takes."""
+    latest = latest_checkpoint(run.out / "checkpoints")
+    t0 = time.perf_counter()
+    if run.step > 0 and (latest is None or latest.name != f"step-{run.step:06d}"):
+        save(run)
+        what = f"checkpoint written in {time.perf_counter() - t0:.1f}s"
+    else:
+        what = "already checkpointed" if run.step > 0 else "no step had finished, nothing to save"
+    if run.acc.is_main_process:
+        print(f"[selfdistill] stopped at step {run.step} ({what}). Resume with the same command plus --resume",
+              file=sys.stderr)
+
+
 def save(run: Run) -> None:
-    """A checkpoint of the last finished step (rank 0 writes; every rank waits)."""
+    """A checkpoint of the last finished step (rank 0 writes, every rank waits; FSDP2: every rank writes its
+    shards, rank 0 publishes the folder)."""
+    if run.strategy == "fsdp":
+        distributed.save_sharded_checkpoint(
+            run.out / "checkpoints", run.step, model=run.model, optimizer=run.optimizer,
+            teacher=run.teacher.copy if run.teacher else None, scheduler=run.scheduler,
+            trainer_state={"step": run.step, "data_position": run.step * run.cfg.train.prompts_per_step,
+                           "skipped_steps": run.skipped_steps}, keep_last=run.cfg.log.keep_last)
+        return
     _save(run.acc, run.out / "checkpoints", run.step, run.model, run.teacher, run.optimizer, run.scheduler,
           run.skipped_steps, run.cfg)
 
@@ -592,9 +672,11 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
                     stopped_early = True
                     break
                 steps_this_call += 1
-                if on_step is not None and main and eval_every and (run.step % eval_every == 0
-                                                                    or run.step == cfg.train.max_steps):
-                    rec.update(on_step(run.step, run.model) or {})
+                if on_step is not None and eval_every and (run.step % eval_every == 0
+                                                           or run.step == cfg.train.max_steps):
+                    with distributed.unsharded(run.model):  # FSDP2: every rank gathers, the main one evaluates
+                        if main:
+                            rec.update(on_step(run.step, run.model) or {})
                 if main:
                     history.append(rec)
                     progress.step_done(rec)
@@ -609,14 +691,14 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
         progress.close()
         log.close()
     if stopped_early:
-        save(run)
-        if main:
-            print(f"[selfdistill] stopped at step {run.step}; checkpoint saved. Resume with the same command "
-                  f"plus --resume", file=sys.stderr)
+        _save_on_stop(run)
     else:
         save(run)
-        if main:
+        if run.strategy == "fsdp":  # a collective: the full weights gathered to rank 0, which writes them
+            distributed.save_consolidated(run.model, tokenizer, run.out, run.save_dtype)
+        elif main:
             save_final(run.model, tokenizer, run.out, cfg, run.save_dtype)
+        if main:
             if cfg.log.progress:
                 print(f"[selfdistill] {cfg.train.method}: {steps_this_call} steps in "
                       f"{time.perf_counter() - t_start:.1f}s; model saved to {run.out}", file=sys.stderr)
