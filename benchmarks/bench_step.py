@@ -275,6 +275,37 @@ def run_child(kind: str, a, workdir: str, engine: str = "hf", **extra) -> dict:
     return res
 
 
+def print_engine_table(runs_by_engine: dict[str, list[dict]], note: str) -> None:
+    print(f"\n== our SDFT step by rollout engine ({note}) ==")
+    print("(step: median time between step ends, as in the run lines; phases: median of the metrics records)")
+    print(f"{'engine':8s} {'step s':>8s} {'generate s':>11s} {'gen tok/s':>10s} {'teacher s':>10s} "
+          f"{'student s':>10s} {'peak RSS MB':>12s} {'process s':>10s}")
+    for name, runs in runs_by_engine.items():
+        ph = {k: statistics.median(x for r in runs for x in r["phases"][k]) for k in runs[0]["phases"]}
+        tok = statistics.median(x for r in runs for x in r["tokens_per_step"])
+        step = statistics.median(x for r in runs for x in r["step_times"])
+        print(f"{name:8s} {step:8.2f} {ph['generate']:11.2f} {tok / ph['generate']:10.1f} "
+              f"{ph['teacher']:10.2f} {ph['student']:10.2f} {statistics.median(r['peak_rss_mb'] for r in runs):12.0f} "
+              f"{statistics.median(r['wall_s'] for r in runs):10.0f}")
+
+
+def engines_only(a) -> None:
+    """--engines-only: our SDFT step per engine, runs alternated (hf, vllm, hf, vllm, ...), nothing else."""
+    engines = [e for e in a.engines.split(",") if e]
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    with tempfile.TemporaryDirectory(prefix="selfdistill-bench-") as wd:
+        for i in range(a.runs):
+            for e in engines:
+                r = run_child("sdft", a, wd, engine=e)
+                runs[e].append(r)
+                print(f"run {i + 1} sdft engine={e}: step {statistics.median(r['step_times']):6.2f} s  peak RSS "
+                      f"{r['peak_rss_mb']:7.0f} MB  (process {r['wall_s']:.0f} s)", flush=True)
+    print_engine_table(runs, f"{a.runs} alternated run(s) each")
+    if "hf" in runs and "vllm" in runs:
+        step = {e: statistics.median(x for r in runs[e] for x in r["step_times"]) for e in ("hf", "vllm")}
+        print(f"vllm_over_hf_step={step['vllm'] / step['hf']:.2f}")
+
+
 def stats(xs: list[float]) -> str:
     return f"min {min(xs):.3f}  median {statistics.median(xs):.3f}  max {max(xs):.3f}"
 
@@ -293,6 +324,8 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default fp32)")
     ap.add_argument("--engines", default="hf,vllm",
                     help="rollout engines for our SDFT step: hf (in the paired runs) and, one run each, the others")
+    ap.add_argument("--engines-only", action="store_true", dest="engines_only",
+                    help="only our SDFT step per engine (--engines), --runs alternated runs; no TRL/SFT/loss parts")
     ap.add_argument("--engine", default="hf", help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=["sdft", "sft", "trl", "loss"], help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
@@ -322,6 +355,11 @@ def main() -> None:
           f"{'' if a.free_length else ' (fixed length: no stop id; TRL min_new_tokens)'}, T=1.0, full-vocab forward KL, "
           f"skip 3, EMA 0.01, paper teacher template; our loss.chunk_size={a.chunk_size}")
     print(f"# {a.runs} runs each, alternated; {a.steps} steps per run, first one excluded (warm-up)\n", flush=True)
+    if a.engines_only:
+        engines_only(a)
+        print(f"# total bench time {time.perf_counter() - t_all:.0f} s; load average at start {load0}, at end "
+              f"{tuple(round(x, 2) for x in os.getloadavg())}")
+        return
 
     ours, trls, sfts = [], [], []
     with tempfile.TemporaryDirectory(prefix="selfdistill-bench-") as wd:
@@ -393,16 +431,8 @@ def main() -> None:
         print(f"{label:44s}: TRL {v:6.2f}   ours {o:6.2f}   ours/TRL {o / v:5.2f}")
 
     if others:
-        print("\n== our SDFT step by rollout engine (same settings; hf = the paired runs above, others one run) ==")
-        print(f"{'engine':8s} {'step s':>8s} {'generate s':>11s} {'gen tok/s':>10s} {'teacher s':>10s} "
-              f"{'student s':>10s} {'peak RSS MB':>12s} {'process s':>10s}")
-        for name, runs in [("hf", ours)] + [(k, [v]) for k, v in others.items()]:
-            ph_e = {k: statistics.median(x for r in runs for x in r["phases"][k]) for k in runs[0]["phases"]}
-            tok = statistics.median(x for r in runs for x in r["tokens_per_step"])
-            print(f"{name:8s} {ph_e['step_record']:8.2f} {ph_e['generate']:11.2f} {tok / ph_e['generate']:10.1f} "
-                  f"{ph_e['teacher']:10.2f} {ph_e['student']:10.2f} "
-                  f"{statistics.median(r['peak_rss_mb'] for r in runs):12.0f} "
-                  f"{statistics.median(r['wall_s'] for r in runs):10.0f}")
+        print_engine_table({"hf": ours, **{k: [v] for k, v in others.items()}},
+                           "same settings; hf = the paired runs above, others one run")
 
     print("\n== ours SDFT vs ours SFT (same prompts, demos of max_new_tokens tokens) ==")
     print(f"SFT steps/s           : {stats([sps(r) for r in sfts])}")
