@@ -172,8 +172,8 @@ def _placement(config, dtype: str, max_model_len: int, gpu_memory_utilization: f
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # several training processes: one engine per process on the existing process group, as TRL's colocate
-        # mode does (external_launcher). Not tested here (the tests and CI run one process). A world of 1 is the
-        # group an earlier in-process engine created for itself.
+        # mode does (external_launcher). Not in the tests (they run one process); run by hand once with 2 gloo
+        # processes (README). A world of 1 is the group an earlier in-process engine created for itself.
         kw["distributed_executor_backend"] = "external_launcher"
     return kw
 
