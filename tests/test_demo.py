@@ -9,6 +9,7 @@ import pytest
 
 from conftest import build_tiny_model
 from selfdistill.cli import main
+from selfdistill.config import ConfigError
 from selfdistill.demo import DEMO_METHODS, parse_seeds
 
 
@@ -49,8 +50,41 @@ def test_demo_seeds_train_one_run_per_seed_and_label_rows(model_dir, tmp_path, c
     assert "sft seed 0" in printed and "sft seed 1" in printed
 
 
-@pytest.mark.parametrize("bad", ["", "a,b", "1,1", "0;1"])
+@pytest.mark.parametrize("bad", ["", "a,b", "1,1", "0;1", "0", "-2", "1,-1"])
 def test_demo_seeds_rejects_bad_lists(bad):
-    with pytest.raises(SystemExit, match="--seeds"):
+    with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds(bad)
     assert parse_seeds("2, 0") == [2, 0]
+
+
+def test_one_seeds_syntax_count_or_list():
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds(3) == [0, 1, 2] and parse_seeds(None) == [0]
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("7,") == [7]
+    from selfdistill.cli import build_parser
+    for cmd in (["demo"], ["sequence", "--tasks", "knowledge", "--output", "o"],
+                ["sweep", "--tasks", "knowledge", "--lrs", "1e-4", "--output", "o"]):
+        args = build_parser().parse_args([*cmd, "--seeds", "3"])
+        assert parse_seeds(args.seeds) == [0, 1, 2], cmd
+        assert parse_seeds(build_parser().parse_args(cmd).seeds) == [0], cmd
+
+
+def test_demo_stopped_after_two_of_three_methods_reports_what_finished(model_dir, tmp_path, monkeypatch):
+    import selfdistill.train as tr
+    out = tmp_path / "demo"
+    orig, calls = tr.train, {"n": 0}
+
+    def stopped_in_third_method(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # e.g. `make demo` hit its timeout
+        return orig(*a, **k)
+    monkeypatch.setattr(tr, "train", stopped_in_third_method)
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", "--model", str(model_dir), "--output", str(out), "--quick", "--train.bf16", "false"])
+    assert not (out / "results.json").exists()
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "PARTIAL REPORT" in text and f"{DEMO_METHODS[2]} seed 0: not started" in text
+    assert "2 of 3 planned runs" in text and "Probe" in text  # the finished part, probe included
+    res = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in res["runs"]] == DEMO_METHODS[:2]

@@ -298,7 +298,7 @@ def test_run_eval_and_probe_cli(tiny_tok, varied, monkeypatch, tmp_path, capsys)
                 max_new_tokens=4)
     monkeypatch.setattr(models, "load_model",
                         lambda name, **kw: (varied, tiny_tok, types.SimpleNamespace(name=name, path="mem")))
-    monkeypatch.setattr(ev, "resolve_task", lambda name, data=None, scorer="exact": task)
+    monkeypatch.setattr(ev, "resolve_task", lambda name, data=None, scorer="exact", **kw: task)
     out = tmp_path / "r.json"
     args = types.SimpleNamespace(model="tiny", tasks="hand", split="test", limit=0, batch_size=2,
                                  output=str(out), data=None, scorer="exact")

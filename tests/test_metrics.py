@@ -223,3 +223,78 @@ def test_write_results(tmp_path):
     assert float(summ[0]["bwt"]) == pytest.approx(-0.125)
     sft_low = [r for r in summ if r["method"] == "sft" and r["seed"] == "ci95_low"][0]
     assert sft_low["bwt"] == ""  # one seed: no interval
+
+
+# --------------------------------------------------------------------------- #
+# forgetting statistics and frontiers, each against its definition computed another way
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("lost,gained", [(0, 0), (3, 0), (5, 2), (10, 10), (1, 12), (30, 17)])
+def test_mcnemar_exact_equals_scipy_binomial_test(lost, gained):
+    from scipy.stats import binomtest
+    from selfdistill.metrics import mcnemar_exact_p
+    want = 1.0 if lost + gained == 0 else binomtest(min(lost, gained), lost + gained, 0.5).pvalue
+    assert mcnemar_exact_p(lost, gained) == pytest.approx(want, rel=1e-9)
+
+
+def test_paired_retention_change_counts_and_bootstrap_match_their_definitions():
+    from selfdistill.metrics import paired_retention_change
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 2, 120)
+    now = np.where(rng.random(120) < 0.2, 1 - base, base)  # 20% of items flip, either way
+    r = paired_retention_change(base.tolist(), now.tolist(), n_boot=20000)
+    assert r["lost"] == sum(1 for b, n in zip(base, now) if b and not n)
+    assert r["gained"] == sum(1 for b, n in zip(base, now) if n and not b)
+    assert r["change"] == pytest.approx(now.mean() - base.mean())
+    # the bootstrap distribution of a mean of n iid draws from the empirical d: sd = sd_pop(d) / sqrt(n), so the
+    # 95% percentile interval is close to the normal one (n = 120)
+    d = now - base
+    half = 1.959964 * d.std() / math.sqrt(d.size)
+    assert r["low"] == pytest.approx(d.mean() - half, abs=0.01)
+    assert r["high"] == pytest.approx(d.mean() + half, abs=0.01)
+    with pytest.raises(ValueError):
+        paired_retention_change([1, 0], [1])
+
+
+def test_margin_change_equals_scipy_paired_t_interval():
+    from scipy import stats
+    from selfdistill.metrics import margin_change
+    rng = np.random.default_rng(2)
+    base = rng.normal(1.0, 2.0, 50)
+    now = base + rng.normal(-0.3, 0.5, 50)
+    r = margin_change(base, now)
+    d = now - base
+    lo, hi = stats.t.interval(0.95, d.size - 1, loc=d.mean(), scale=stats.sem(d))
+    assert (r["change"], r["low"], r["high"], r["n"]) == (pytest.approx(d.mean()), pytest.approx(lo),
+                                                          pytest.approx(hi), 50)
+
+
+def test_conditional_retention_is_accuracy_on_base_correct_items():
+    from selfdistill.metrics import conditional_retention
+    assert conditional_retention([1, 1, 0, 1, 0], [1, 0, 1, 1, 1]) == {"value": 2 / 3, "n": 3}
+
+
+def test_pareto_frontier_and_frontier_value_equal_brute_force():
+    from selfdistill.metrics import frontier_value, pareto_frontier
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        pts = [tuple(v) for v in np.round(rng.random((12, 2)), 1)]
+        dominated = {p for p in pts for q in pts if q != p and q[0] >= p[0] and q[1] >= p[1]}
+        assert pareto_frontier(pts) == sorted(set(pts) - dominated)
+        for lv in (0.0, 0.35, 0.7, 1.1):
+            reach = [y for x, y in pts if x >= lv]
+            want = max(reach) if reach else float("nan")
+            got = frontier_value(pts, lv)
+            assert got == want or (math.isnan(got) and math.isnan(want))
+
+
+def test_frontier_comparison_pairs_seeds():
+    from selfdistill.metrics import frontier_comparison
+    a = {0: [(0.0, 0.8), (0.5, 0.7), (1.0, 0.5)], 1: [(0.0, 0.8), (0.5, 0.6), (1.0, 0.4)]}
+    b = {0: [(0.0, 0.8), (0.6, 0.5)], 1: [(0.0, 0.8), (0.5, 0.5)]}
+    r = frontier_comparison(a, b, [0.5, 0.9])
+    assert r[0]["a"]["mean"] == pytest.approx(0.65) and r[0]["b"]["mean"] == pytest.approx(0.5)
+    assert r[0]["diff"]["mean"] == pytest.approx(0.15) and r[0]["diff"]["n"] == 2
+    assert r[0]["diff"]["low"] == pytest.approx(0.15 - 12.7062047 * np.std([0.2, 0.1], ddof=1) / math.sqrt(2))
+    assert r[1]["b"]["n"] == 0 and r[1]["diff"]["n"] == 0  # B never reached 0.9: nothing is extrapolated

@@ -91,7 +91,7 @@ def test_files_exist_and_pngs_decode(report_dir):
     pngs = sorted(report_dir.glob("fig_*.png"))
     assert {p.name for p in pngs} == {"fig_accuracy_per_task.png", "fig_retention.png",
                                       "fig_tradeoff.png", "fig_training_curves.png",
-                                      "fig_drift.png"}
+                                      "fig_drift.png", "fig_frontier.png"}
     for p in pngs:
         img = _decode_png(p.read_bytes())
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
@@ -149,7 +149,8 @@ def test_single_task_single_seed(tmp_path):
     assert not (tmp_path / "fig_drift.png").exists()
     assert (tmp_path / "fig_tradeoff.png").is_file()
     assert "n/a" in text  # BWT undefined for one task
-    assert html.read_text().count("<img ") == 3
+    assert (tmp_path / "fig_frontier.png").is_file()
+    assert html.read_text().count("<img ") == 4
 
 
 def test_minimal_results(tmp_path):
@@ -204,7 +205,8 @@ def test_chromium_renders_all_images(report_dir, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     m = re.search(r"<title>images-ok:(\d+)/(\d+)</title>", dom.stdout)
     assert m, f"decode-check title not found; stderr: {dom.stderr[-1000:]}"
-    assert int(m.group(2)) == n_imgs and n_imgs == 5
+    assert int(m.group(2)) == n_imgs and n_imgs == 6
+    assert 'alt="Pareto frontiers of new-task accuracy' in dom.stdout  # the frontier plot is on the page
     assert int(m.group(1)) == n_imgs, f"only {m.group(1)}/{n_imgs} images decoded"
 
     shot = tmp_path / "shot.png"
@@ -245,3 +247,38 @@ def test_accuracy_t_interval_over_seeds_is_clipped_to_unit_range():
     assert kind == "t" and mean == pytest.approx(raw["mean"]) and lo == 0.0 and hi == pytest.approx(raw["high"])
     mean, lo, hi, _ = _prop_estimate([1.0, 0.9, 0.6], [32, 32, 32])
     assert hi == 1.0 and lo == pytest.approx(aggregate_seeds([1.0, 0.9, 0.6])["low"])
+
+
+def test_frontier_table_reads_per_seed_frontiers_of_every_learning_rate(tmp_path):
+    from selfdistill import metrics as M
+    rng = np.random.default_rng(5)
+    runs = []
+    for method, keep in (("sdft", 0.95), ("sft", 0.8)):
+        for lr in ("1e-4", "3e-4"):
+            for seed in (0, 1):
+                r = _run(method, seed, rng, tasks=1)
+                r["method"] = f"{method}@lr={lr}"
+                runs.append(r)
+    res = {**_results(tasks=1), "runs": runs}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "fig_frontier.png").is_file() and "Pareto frontiers" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 1 | A=sdft, B=sft |")]
+    assert len(rows) == 5
+    # the first level's A - B, computed here from the definition: per seed, the best retention among the base
+    # point and every checkpoint/end point of both learning rates with accuracy >= the level
+    base = (runs[0]["matrix"][0][0], runs[0]["retention"][0])
+
+    def pts(method, seed):
+        out = [base]
+        for r in runs:
+            if r["method"].startswith(method + "@") and r["seed"] == seed:
+                out += [(c["new_task_acc"], c["retention"]) for c in r["checkpoints"]]
+                out.append((r["matrix"][1][0], r["retention"][1]))
+        return out
+    lv = base[0]
+    diffs = [max(y for x, y in pts("sdft", k) if x >= lv) - max(y for x, y in pts("sft", k) if x >= lv)
+             for k in (0, 1)]
+    want = M.aggregate_seeds(diffs)
+    assert rows[0].split(" | ")[5].startswith(f"{want['mean']:+.3f} [{want['low']:.3f}, {want['high']:.3f}]")

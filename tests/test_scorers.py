@@ -332,3 +332,32 @@ def test_paper_science_correct(output, ok):
 def test_paper_science_extract():
     assert paper_science_extract("x<answer> C </answer>y") == "C"
     assert paper_science_extract("no tags ") == "no tags"
+
+
+@pytest.mark.parametrize("output,reference,ok", [
+    ("The ISO 639-3 code of the Bomboma language is bws.", "bws", True),
+    ("BWS", "bws", True),
+    ("the code is 'bws'!", "bws", True),
+    ("It is the Malagasy ariary.", "Malagasy Ariary", True),
+    ("Pa'anga", "Pa’anga", True),                    # apostrophes: punctuation, a separator
+    ("cordoba oro", "Córdoba Oro", True),           # accents dropped on both sides
+    ("The code is bwsx.", "bws", False),            # not a whole word
+    ("b-w-s", "bws", False),
+    ("The Ariary.", "Malagasy Ariary", False),      # only part of the reference
+    ("Ariary Malagasy", "Malagasy Ariary", False),  # the words must be in order and adjacent
+    ("anything", "", False),
+])
+def test_contains_word(output, reference, ok):
+    from selfdistill.tasks.scorers import contains_word
+    assert contains_word(output, reference) is ok
+
+
+def test_contains_word_equals_token_search_by_regex():
+    # the definition computed another way: a regex with word boundaries on lower-case ASCII text
+    import re
+    from selfdistill.tasks.scorers import contains_word
+    texts = ["the code is bws", "bwsbws bws", "xbws", "a b c", "c a b", "ab c", "b c a b c"]
+    for out in texts:
+        for ref in ("bws", "a b", "b c", "c"):
+            pat = r"(?<![a-z0-9])" + r"[^a-z0-9]+".join(map(re.escape, ref.split())) + r"(?![a-z0-9])"
+            assert contains_word(out, ref) == bool(re.search(pat, out)), (out, ref)

@@ -26,7 +26,7 @@ def _cfg():
 def _run(out, tok, **kw):
     return run_sequence(TASKS, ["sdft", "sft@lr=2e-3"], 1, out, cfg=_cfg(), model=build_tiny_model(tok),
                         tokenizer=tok, eval_limit=4, task_kwargs=KW, write_report=False, batch_size=8, drift_prompts=4,
-                        retention_kwargs={"filter_ids": ["capital-FR", "capital-DE", "capital-IT"]}, retention_items="all", **kw)
+                        retention_kwargs={"filter_ids": ["capital-FR", "capital-DE", "capital-IT"]}, **kw)
 
 
 def test_parse_method():
@@ -81,7 +81,7 @@ def test_also_eval_is_recorded_per_stage_and_equals_a_direct_evaluation(tiny_tok
     also = get_task("retention", filter_ids=ids)
     res = run_sequence(["knowledge"], ["sft@lr=2e-3"], 1, tmp_path, cfg=_cfg(), model=build_tiny_model(tiny_tok),
                        tokenizer=tiny_tok, eval_limit=4, task_kwargs=KW, write_report=False, batch_size=8,
-                       drift=False, retention_kwargs={"filter_ids": ["capital-FR"]}, retention_items="all",
+                       drift=False, retention_kwargs={"filter_ids": ["capital-FR"]},
                        also_eval={"ten retention items": also})
     rec = res["runs"][0]["also"]["ten retention items"]
     assert rec["n"] == 4 and len(rec["accuracy"]) == 2  # eval_limit 4; base + one stage

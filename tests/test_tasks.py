@@ -324,3 +324,26 @@ def test_paper_train_records(tmp_path):
     s = paper.load_science_task(tmp_path / "sci_train")  # a single folder with demonstrations -> train
     assert len(s.train) == 1 and s.test == [] and s.train[0].extra["answer"] == "C"
     assert s.score(s.train[0].demonstration, s.train[0])
+
+
+def test_knowledge_all_phrasings_same_facts_and_scoring():
+    t = get_task("knowledge", test_phrasing="all", n_train=8)
+    assert [e.extra["phrasing"] for e in t.test] == [p for p in knowledge.TEST_PHRASINGS for _ in range(8)]
+    by = {p: [e for e in t.test if e.extra["phrasing"] == p] for p in knowledge.TEST_PHRASINGS}
+    for p, items in by.items():  # every phrasing asks the training facts, in the same order
+        assert [e.extra["code"] for e in items] == [e.extra["code"] for e in t.train]
+    assert len({e.extra["id"] for e in t.test}) == len(t.test)
+    mga = knowledge.make_item("MGA", "Malagasy Ariary", "other_name")
+    assert "Madagascar" in mga.prompt[0]["content"] and "Ariary" not in mga.prompt[0]["content"]
+    assert t.score("It is MGA.", mga) and not t.score("It is MUR.", mga)
+    rev = knowledge.make_item("MGA", "Malagasy Ariary", "reverse")
+    assert "MGA" in rev.prompt[0]["content"] and "Ariary" not in rev.prompt[0]["content"]
+    assert t.score("MGA is the code of the malagasy ariary.", rev)
+    assert not t.score("MGA is the Ariary.", rev) and not t.score("It is MGA.", rev)
+    cd = knowledge.make_item("CDF", "Congolese Franc", "other_name")
+    assert "issued by the Democratic Republic of the Congo?" in cd.prompt[0]["content"]
+
+
+def test_every_eligible_currency_has_an_issuing_country():
+    for code, _ in knowledge.candidate_currencies():
+        assert knowledge.issuing_country(code)

@@ -1,4 +1,4 @@
-"""`selfdistill` command line: train, eval, probe, sequence, report, demo, env."""
+"""`selfdistill` command line: train, eval, probe, sequence, sweep, report, demo, env."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
+
+
+TASK_HELP = ("a task: a built-in name with loader options (knowledge@n_train=32), or YOUR FILE with options: "
+             "FILE[@scorer=contains_word,test=TEST_FILE,split=0.2,name=NAME]; repeatable; a file without test= or "
+             "split= is trained on and evaluated whole")
+SEEDS_HELP = "training seeds: a count (3 -> seeds 0,1,2; default 1) or a comma-separated list (0,1,2; one seed k: 'k,')"
 
 
 def _common_model(p: argparse.ArgumentParser) -> None:
@@ -157,9 +163,18 @@ def cmd_sequence(args, extra: list[str]) -> int:
     return run_sequence_cli(args, extra)
 
 
+def cmd_sweep(args, extra: list[str]) -> int:
+    from .sweep import run_sweep_cli
+    return run_sweep_cli(args, extra)
+
+
 def cmd_report(args) -> int:
     from .report import main_report
-    main_report(args.run_dir)
+    try:
+        main_report(args.run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"selfdistill report: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -179,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["sdft", "sft", "dft"])
     _common_model(p)
     p.set_defaults(model=None)
-    p.add_argument("--data", help="JSONL/JSON/save_to_disk folder/hub dataset, or task:<name> (e.g. task:knowledge)")
+    p.add_argument("--data", help="JSONL/JSON/save_to_disk folder/hub dataset, FILE@split=0.2 (train on the rest), "
+                                  "or task:<name> (e.g. task:knowledge)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--preset", choices=["paper", "cpu"], help="paper (the paper's settings) or cpu (short generations, 8 prompts per step); "
@@ -196,21 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="new-task accuracy and retention, with Wilson 95%% intervals")
     _common_model(p)
-    p.add_argument("--tasks", default="knowledge,retention", help="comma-separated task names, or lm-eval:<tasks>")
+    p.add_argument("--tasks", default=None, help="comma-separated built-in task names, or lm-eval:<tasks> "
+                   "(default knowledge,retention when no --task/--data is given)")
+    p.add_argument("--task", action="append", help=TASK_HELP)
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=0, help="at most N items per task (0: all)")
     p.add_argument("--batch-size", type=int, default=16, dest="batch_size")
     p.add_argument("--output", help="write results (and per-item outputs) to this JSON file")
-    p.add_argument("--data", help="a user data file for a task named `user`")
-    p.add_argument("--scorer", default="exact", help="scorer for --data: exact | regex | function_call | multiple_choice")
+    p.add_argument("--data", help="a data file to evaluate whole (only it, unless --tasks/--task are given too)")
+    p.add_argument("--scorer", default="exact",
+                   help="scorer for --data: exact | contains_word | regex | function_call | multiple_choice")
     p.add_argument("--strip-thinking", choices=["auto", "yes", "no"], default="auto", dest="strip_thinking",
                    help="remove <think>...</think> reasoning blocks before scoring (auto: when the chat template has them)")
 
     p = sub.add_parser("probe", help="before training: does the teacher (demonstration in context) beat the student?")
     _common_model(p)
-    p.add_argument("--task", default="knowledge")
+    p.add_argument("--task", default="knowledge", help=TASK_HELP.replace("; repeatable", ""))
     p.add_argument("--data", help="a user data file instead of a built-in task")
-    p.add_argument("--scorer", default="exact")
+    p.add_argument("--scorer", default="exact", help="scorer for --data (see eval --help)")
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16, dest="batch_size")
     p.add_argument("--output", help="write the probe results to this JSON file")
@@ -218,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove <think>...</think> reasoning blocks before scoring (auto: when the chat template has them)")
 
     p = sub.add_parser("sequence", help="continual learning: train on tasks one after another and evaluate all")
-    p.add_argument("--tasks", required=True)
-    p.add_argument("--methods", default="sdft,sft")
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--tasks", help="comma-separated built-in task names, trained in this order")
+    p.add_argument("--task", action="append", help=TASK_HELP + ", trained after --tasks in the order given")
+    p.add_argument("--methods", default="sdft,sft", help="comma-separated methods, variants as sft@lr=2e-5")
+    p.add_argument("--seeds", default="1", help=SEEDS_HELP)
     _common_model(p)
     p.add_argument("--output", required=True)
     p.add_argument("--config")
@@ -229,7 +249,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, dest="eval_every")
     p.add_argument("--eval-limit", type=int, default=0, dest="eval_limit")
 
-    p = sub.add_parser("report", help="write report.md and a self-contained report.html from a run folder")
+    p = sub.add_parser("sweep", help="methods x learning rates (x any config key) x seeds on a task or sequence; "
+                       "report with each method's frontier of new-task accuracy vs retention",
+                       epilog="Resumable: rerun the same command to skip finished runs. Other config keys as "
+                              "dotted flags, e.g. --train.max_steps 40 --rollout.max_new_tokens 32")
+    p.add_argument("--tasks", help="comma-separated built-in task names (a sequence when several)")
+    p.add_argument("--task", action="append", help=TASK_HELP)
+    p.add_argument("--methods", default="sdft,sft", help="comma-separated methods (sdft, sft, dft)")
+    p.add_argument("--lrs", required=True, help="comma-separated learning rates, e.g. 3e-5,1e-4,3e-4,1e-3")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="sweep any dotted config key too, e.g. --grid model.lora=true,false (repeatable)")
+    p.add_argument("--seeds", default="1", help=SEEDS_HELP)
+    _common_model(p)
+    p.add_argument("--output", required=True)
+    p.add_argument("--config")
+    p.add_argument("--preset", default="cpu", choices=["paper", "cpu"])
+    p.add_argument("--eval-every", type=int, default=10, dest="eval_every",
+                   help="evaluate checkpoints every N steps (the frontier's points; default 10)")
+    p.add_argument("--eval-limit", type=int, default=0, dest="eval_limit")
+    p.add_argument("--demo-settings", action="store_true", dest="demo_settings",
+                   help="start from the demo's settings (32 knowledge facts' budget: 40 steps of 8 prompts, 32 "
+                        "new tokens, teacher template paper_no_thinking, ...) before your flags")
+
+    p = sub.add_parser("report", help="write report.md and a self-contained report.html from a run folder "
+                       "(a stopped run: the finished part, marked partial)")
     p.add_argument("run_dir")
 
     p = sub.add_parser("demo", help="the main job: probe, SDFT vs SFT on the default task, evaluation, report")
@@ -239,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None,
                    help="comma-separated methods instead of the demo's (sdft,sft@lr=1e-4,sft@lr=2e-5), e.g. "
                         "'sdft@template=paper,sft@lr=3e-4' for an ablation at the demo's settings")
-    p.add_argument("--seeds", default="0",
-                   help="comma-separated training seeds (default 0), e.g. '0,1,2' for seed-to-seed variance; "
-                        "each seed of each method is one more training run (~2.5-6 min each on 2 CPU cores)")
+    p.add_argument("--seeds", default="1",
+                   help=SEEDS_HELP + "; each seed of each method is one more training run (~2.5-6 min each on 2 "
+                        "CPU cores)")
 
     p = sub.add_parser("env", help="versions, device, threads, cache paths, default-model status")
     _common_model(p)
@@ -253,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
-    if extra and args.cmd not in ("train", "sequence", "demo"):
+    if extra and args.cmd not in ("train", "sequence", "sweep", "demo"):
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     from .checkpoint import CheckpointError
     from .config import ConfigError
@@ -268,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, extra)
         if args.cmd == "sequence":
             return cmd_sequence(args, extra)
+        if args.cmd == "sweep":
+            return cmd_sweep(args, extra)
         if args.cmd == "demo":
             return cmd_demo(args, extra)
         return {"eval": cmd_eval, "probe": cmd_probe, "report": cmd_report}[args.cmd](args)

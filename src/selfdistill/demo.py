@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import TEACHER_TEMPLATES, load_config, parse_dotted_overrides
+from .config import TEACHER_TEMPLATES, ConfigError, load_config, parse_dotted_overrides
+from .sequence import parse_seeds  # noqa: F401  (the one --seeds syntax; re-exported for callers)
 
 DEMO_TASK = "knowledge"
 DEMO_FACTS = 32
@@ -49,7 +50,8 @@ DEMO_SETTINGS_WHY = [
     "bf16 autocast when the CPU has native bf16 (avx512_bf16 / amx) or on CUDA: ~25% faster steps here; "
     "fp32 otherwise. Same for every method. Override with --train.bf16 false.",
     "Checkpoints are evaluated along training so retention can be compared at equal new-task accuracy; the "
-    "training phrasing of the same questions is evaluated too (never trained on as a test set).",
+    "same facts are also asked in the training phrasing, naming the currency by its country, and in reverse "
+    "(code -> name), never trained on as test sets. Retention is measured on all 120 items.",
 ]
 
 
@@ -72,6 +74,14 @@ def run_demo(args, extra: list[str]) -> int:
     from .tasks import get_task
 
     t0 = time.perf_counter()
+    seeds = parse_seeds(args.seeds)  # bad flags fail here, before the model loads
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else DEMO_METHODS
+    from .sequence import parse_method
+    for m in methods:
+        try:
+            parse_method(m)
+        except ValueError as e:
+            raise ConfigError(f"--methods: {e}") from None
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     overrides = {**DEMO_OVERRIDES, "train.bf16": fast_bf16()}
@@ -103,28 +113,15 @@ def run_demo(args, extra: list[str]) -> int:
     name = next((k for k, v in TEACHER_TEMPLATES.items() if v == cfg.context.teacher_template), None)
     notes = [f"Teacher template: {name or repr(cfg.context.teacher_template)}; bf16 autocast: {cfg.train.bf16}",
              *DEMO_SETTINGS_WHY]
-    also = {"knowledge, training phrasing": get_task(DEMO_TASK, n_train=n_facts, test_phrasing="train")}
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else DEMO_METHODS
-    results = run_sequence([DEMO_TASK], methods, parse_seeds(args.seeds), out, model_name=args.model, cfg=cfg,
+    results = run_sequence([DEMO_TASK], methods, seeds, out, model_name=args.model, cfg=cfg,
                            eval_every=eval_every, task_kwargs={DEMO_TASK: {"n_train": n_facts}},
-                           probe=probe_summary, notes=notes, model=model, tokenizer=tok, also_eval=also,
+                           probe=probe_summary, notes=notes, model=model, tokenizer=tok,
                            title="selfdistill demo: SDFT vs SFT on ISO 4217 codes (SmolLM2-135M-Instruct)")
     print_summary(results)
     el = time.perf_counter() - t0
     print(f"\n[selfdistill demo] finished in {el / 60:.1f} min. Report: {out / 'report.html'} "
           f"(and {out / 'report.md'})")
     return 0
-
-
-def parse_seeds(text: str | None) -> list[int]:
-    """'0,1,2' -> [0, 1, 2]; a clear error for anything else."""
-    try:
-        seeds = [int(x) for x in ("0" if text is None else text).split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"selfdistill demo: --seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SystemExit(f"selfdistill demo: --seeds must list distinct integers, got {text!r}")
-    return seeds
 
 
 def print_summary(results: dict) -> None:

@@ -316,8 +316,30 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
         scoring = (f"greedy generation (max_new_tokens={task.max_new_tokens}) scored with the task scorer"
                    + ("; <think> reasoning blocks removed before scoring" if strip else ""))
     k = sum(r["correct"] for r in records)
-    return {"task": task.name, "split": split, "kind": task.kind, "scoring": scoring, **_summary(k, len(records)),
-            "items": records}
+    out = {"task": task.name, "split": split, "kind": task.kind, "scoring": scoring, **_summary(k, len(records)),
+           "items": records}
+    groups = _group_summaries(items, records)
+    if groups:
+        out["groups"] = groups
+    return out
+
+
+def item_group(ex: Example) -> str | None:
+    """The item's group for separate reporting: ``extra["group"]``, else ``extra["phrasing"]`` (knowledge)."""
+    g = ex.extra.get("group", ex.extra.get("phrasing"))
+    return None if g is None else str(g)
+
+
+def _group_summaries(items: list[Example], records: list[dict]) -> dict:
+    """{group: summary} when the items fall into more than one group (e.g. the knowledge phrasings), else {}."""
+    by: dict[str, list[bool]] = {}
+    for ex, r in zip(items, records):
+        g = item_group(ex)
+        r["group"] = g
+        by.setdefault(g, []).append(r["correct"])
+    if len(by) < 2:
+        return {}
+    return {str(g): _summary(sum(v), len(v)) for g, v in by.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -461,8 +483,10 @@ def split_task_names(spec: str) -> tuple[list[str], list[str]]:
     return own, lm_tasks
 
 
-def resolve_task(name: str, data: str | None = None, scorer: str = "exact"):
-    """A built-in task by name (selfdistill.tasks.get_task), or `user` built from --data."""
+def resolve_task(name: str, data: str | None = None, scorer: str = "exact", *, all_phrasings: bool = False):
+    """A task from a spec (:func:`selfdistill.tasks.task_from_spec`: a built-in name with options, or a file with
+    options), or ``user`` built from `data` scored with `scorer`. `all_phrasings`: a bare ``knowledge`` gets
+    every test phrasing (``selfdistill eval`` reports them separately)."""
     from . import tasks
     from .data import DataError
 
@@ -470,12 +494,35 @@ def resolve_task(name: str, data: str | None = None, scorer: str = "exact"):
         if name == "user" or (data and name in ("", None)):
             if not data:
                 raise DataError("task 'user' needs --data PATH")
-            return tasks.user_task(data, scorer=scorer)
-        return tasks.get_task(name)
+            _, opts = tasks.parse_task_spec(data)
+            return tasks.task_from_spec(data if "scorer" in opts else _with_option(data, "scorer", scorer))
+        if all_phrasings and name == "knowledge":
+            name = "knowledge@test_phrasing=all"
+        return tasks.task_from_spec(name)
     except DataError:
         raise
     except ValueError as e:  # unknown task / scorer: one line from the CLI, not a traceback
         raise DataError(str(e)) from None
+
+
+def _with_option(spec: str, key: str, value: str) -> str:
+    from .tasks import parse_task_spec
+
+    name, opts = parse_task_spec(spec)
+    opts[key] = value
+    return name + "@" + ",".join(f"{k}={v}" for k, v in opts.items())
+
+
+def eval_task_specs(tasks_arg: str | None, task_args: list[str] | None, data: str | None) -> tuple[list, list]:
+    """(own task specs, lm-eval task names) for `selfdistill eval`: exactly what was asked (`--tasks` names,
+    each `--task` spec, `--data`); knowledge and retention only when nothing was asked."""
+    own, lm_tasks = split_task_names(tasks_arg or "")
+    own += list(task_args or [])
+    if data:
+        own.append("user")
+    if not own and not lm_tasks:
+        own = ["knowledge", "retention"]
+    return own, lm_tasks
 
 
 def _fmt_ci(ci) -> str:
@@ -485,13 +532,14 @@ def _fmt_ci(ci) -> str:
 def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=title)
+        t = Table(title=escape(title))
         for h in header:
             t.add_column(h, justify="left" if h in ("task", "metric", "") else "right")
-        for r in rows:
-            t.add_row(*r)
+        for r in rows:  # escaped: "knowledge [reworded]" is text, not rich markup
+            t.add_row(*(escape(c) for c in r))
         Console().print(t)
     except ImportError:  # pragma: no cover - rich is a dependency; plain fallback
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
@@ -517,12 +565,8 @@ def _write_json(path: str, obj: dict) -> None:
 def run_eval_cli(args) -> int:
     from .models import load_model
 
-    own, lm_tasks = split_task_names(args.tasks or "")
-    if args.data and not own and not lm_tasks:
-        own = ["user"]
-    if args.data and "user" not in own:
-        own.append("user")
-    task_objs = [resolve_task(n, args.data, args.scorer) for n in own]  # fail on a bad name before loading
+    own, lm_tasks = eval_task_specs(args.tasks, getattr(args, "task", None), args.data)
+    task_objs = [resolve_task(n, args.data, args.scorer, all_phrasings=True) for n in own]  # fail before loading
     model, tok, info = load_model(args.model)
     results: dict[str, Any] = {"model": info.name, "model_path": info.path, "split": args.split,
                                "limit": args.limit, "tasks": {}}
@@ -531,7 +575,9 @@ def run_eval_cli(args) -> int:
         r = evaluate_task(model, tok, task, split=args.split, limit=args.limit, batch_size=args.batch_size,
                           strip_thinking=getattr(args, "strip_thinking", "auto"))
         results["tasks"][task.name] = r
-        rows.append([task.name, str(r["n"]), f"{r['accuracy']:.3f}", _fmt_ci(r["ci95"])])
+        for label, g in ([(f"{task.name} [{k}]", v) for k, v in r["groups"].items()] if r.get("groups")
+                         else [(task.name, r)]):
+            rows.append([label, str(g["n"]), f"{g['accuracy']:.3f}", _fmt_ci(g["ci95"])])
     if rows:
         _print_table(f"selfdistill eval: {info.name} ({args.split} split)", ["task", "n", "accuracy", "95% CI"], rows)
     if lm_tasks:
@@ -565,6 +611,8 @@ def run_probe_cli(args) -> int:
     from .models import load_model
 
     task = resolve_task("user" if args.data else args.task, args.data, args.scorer)
+    if not task.train:
+        raise DataError(f"probe: task {task.name!r} has no training items")
     model, tok, info = load_model(args.model)
     r = probe(model, tok, task, ContextConfig(), limit=args.limit, batch_size=args.batch_size,
               strip_thinking=getattr(args, "strip_thinking", "auto"))

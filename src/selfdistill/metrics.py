@@ -55,6 +55,14 @@ __all__ = [
     "new_task_accuracy",
     "retention_change",
     "acquisition_matched",
+    "mcnemar_exact_p",
+    "paired_bootstrap_interval",
+    "paired_retention_change",
+    "margin_change",
+    "conditional_retention",
+    "pareto_frontier",
+    "frontier_value",
+    "frontier_comparison",
     "summarize_run",
     "summarize_results",
     "write_results",
@@ -319,6 +327,120 @@ def acquisition_matched(points_a: Iterable[Any], points_b: Iterable[Any],
     out["retention_a"] = [float(v) for v in ra]
     out["retention_b"] = [float(v) for v in rb]
     out["difference"] = [float(v) for v in ra - rb]
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Forgetting on a fixed item set, paired with the base model
+# --------------------------------------------------------------------------- #
+
+
+def mcnemar_exact_p(lost: int, gained: int) -> float:
+    """Two-sided exact McNemar test: under H0 the discordant items split 50/50, so the p-value is
+    ``min(1, 2 * P[Binomial(lost + gained, 1/2) <= min(lost, gained)])``; 1.0 without discordant items."""
+    n = int(lost) + int(gained)
+    if n == 0:
+        return 1.0
+    k = min(int(lost), int(gained))
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_bootstrap_interval(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0,
+                              confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean of per-item paired differences, items resampled with replacement
+    (``n_boot`` resamples from ``numpy.random.default_rng(seed)``: deterministic)."""
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(int(n_boot), d.size))].mean(axis=1)
+    a = (1.0 - confidence) / 2.0
+    return (float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a)))
+
+
+def paired_retention_change(base_correct: Sequence[Any], now_correct: Sequence[Any], n_boot: int = 10000,
+                            seed: int = 0) -> dict[str, Any]:
+    """Accuracy change on ALL items between the base model and a tuned one, paired item by item.
+
+    Returns ``{"change": mean(now - base), "low", "high": paired-bootstrap 95% interval, "lost": items right
+    before and wrong after, "gained": wrong before and right after, "n", "p_mcnemar": exact McNemar p}``."""
+    b = np.asarray([int(bool(v)) for v in base_correct])
+    c = np.asarray([int(bool(v)) for v in now_correct])
+    if b.size != c.size:
+        raise ValueError(f"{b.size} base items vs {c.size} tuned items: the item sets must be the same")
+    nan = float("nan")
+    if b.size == 0:
+        return {"change": nan, "low": nan, "high": nan, "lost": 0, "gained": 0, "n": 0, "p_mcnemar": nan}
+    lost, gained = int(((b == 1) & (c == 0)).sum()), int(((b == 0) & (c == 1)).sum())
+    lo, hi = paired_bootstrap_interval(c - b, n_boot, seed)
+    return {"change": float((c - b).mean()), "low": lo, "high": hi, "lost": lost, "gained": gained,
+            "n": int(b.size), "p_mcnemar": mcnemar_exact_p(lost, gained)}
+
+
+def margin_change(base_margin: Sequence[float], now_margin: Sequence[float],
+                  confidence: float = 0.95) -> dict[str, Any]:
+    """Mean change of the correct choice's log-likelihood margin (correct minus best other choice), paired by
+    item, with a Student-t interval over items. A continuous forgetting measure: it moves before answers flip."""
+    d = np.asarray(now_margin, dtype=float) - np.asarray(base_margin, dtype=float)
+    d = d[~np.isnan(d)]
+    agg = aggregate_seeds(d.tolist(), confidence)
+    return {"change": agg["mean"], "low": agg["low"], "high": agg["high"], "n": agg["n"]}
+
+
+def conditional_retention(base_correct: Sequence[Any], now_correct: Sequence[Any]) -> dict[str, Any]:
+    """Accuracy on the items the base model got right (CONDITIONAL on base-correct: biased downwards, since
+    items that flip the other way are not counted). ``{"value", "n"}``."""
+    keep = [bool(n) for b, n in zip(base_correct, now_correct) if bool(b)]
+    return {"value": (sum(keep) / len(keep)) if keep else float("nan"), "n": len(keep)}
+
+
+# --------------------------------------------------------------------------- #
+# Pareto frontiers of (new-task accuracy, retention)
+# --------------------------------------------------------------------------- #
+
+
+def pareto_frontier(points: Iterable[Any]) -> list[tuple[float, float]]:
+    """The points not dominated by another (higher or equal in both coordinates, higher in one), sorted by
+    new-task accuracy; both coordinates are "higher is better". Points: pairs or mappings as in
+    :func:`acquisition_matched`."""
+    pts = []
+    for p in points:
+        x, y = (p["new_task_acc"], p["retention"]) if isinstance(p, Mapping) else (p[0], p[1])
+        if x is None or y is None or math.isnan(float(x)) or math.isnan(float(y)):
+            continue
+        pts.append((float(x), float(y)))
+    front: list[tuple[float, float]] = []
+    best_y = -math.inf
+    for x, y in sorted(set(pts), key=lambda q: (-q[0], -q[1])):  # from the highest accuracy down
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return sorted(front)
+
+
+def frontier_value(points: Iterable[Any], level: float) -> float:
+    """Best retention among the points with new-task accuracy >= `level` (the frontier read at `level`);
+    NaN when no point reaches it."""
+    best = [y for x, y in pareto_frontier(points) if x >= level - 1e-12]
+    return max(best) if best else float("nan")
+
+
+def frontier_comparison(points_a: Mapping[Any, Sequence[Any]], points_b: Mapping[Any, Sequence[Any]],
+                        levels: Sequence[float], confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Acquisition-matched comparison read off per-seed frontiers.
+
+    ``points_a`` / ``points_b``: {seed: points of every run and checkpoint of that method at that seed (all
+    learning rates), the base model's point included}. At each level: each method's frontier value per seed,
+    their mean with a t-interval over seeds, and the difference A - B paired by seed (seeds both have) with
+    its t-interval. Seeds whose frontier does not reach the level are left out (``n_*`` count the rest)."""
+    out = []
+    for lv in levels:
+        fa = {k: frontier_value(v, lv) for k, v in points_a.items()}
+        fb = {k: frontier_value(v, lv) for k, v in points_b.items()}
+        diff = [fa[k] - fb[k] for k in fa if k in fb]
+        out.append({"level": float(lv), "a": aggregate_seeds(fa.values(), confidence),
+                    "b": aggregate_seeds(fb.values(), confidence), "diff": aggregate_seeds(diff, confidence)})
     return out
 
 

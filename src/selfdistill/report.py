@@ -1,6 +1,8 @@
 """Markdown + self-contained HTML report of a continual-learning run.
 
-``write_report(run_dir)`` reads ``<run_dir>/results.json`` and writes, beside it:
+``write_report(run_dir)`` reads ``<run_dir>/results.json`` (or, for a stopped run without one, rebuilds the
+finished part from the run's plan.json and progress files and marks the report PARTIAL, naming what is
+missing) and writes, beside it:
 ``report.md`` (references the PNGs by relative name), ``report.html`` (one file,
 PNGs embedded as base64 data URIs, inline CSS), ``fig_*.png`` and the CSV
 tables of :func:`selfdistill.metrics.write_tables` (``summary.csv``,
@@ -465,6 +467,152 @@ def _plot_curves(results, groups, out: Path) -> Path | None:
     return _save(fig, out / "fig_training_curves.png")
 
 
+def _family(spec: str) -> str:
+    """'sdft@lr=1e-4,model.lora=true' -> 'sdft@model.lora=true'; 'sft@lr=2e-5' -> 'sft': a method and its
+    settings other than the learning rate, i.e. what a frontier is drawn for."""
+    base, _, rest = str(spec).partition("@")
+    keep = [kv for kv in rest.split(",") if kv and not kv.startswith(("lr=", "optim.lr="))]
+    return base + ("@" + ",".join(keep) if keep else "")
+
+
+def _stage_points(run: Mapping[str, Any], s: int) -> list[tuple[float, float]]:
+    """(new-task accuracy, retention) of every checkpoint of stage s and the end of stage s."""
+    pts = [(float(p["new_task_acc"]), float(p["retention"])) for p in (run.get("checkpoints") or [])
+           if int(p.get("stage", 0)) == s and p.get("new_task_acc") is not None and p.get("retention") is not None]
+    R = M.as_matrix(run["matrix"])
+    ret = run.get("retention") or []
+    if R.shape[0] > s and len(ret) > s and not _isnan(R[s, s - 1]) and not _isnan(ret[s]):
+        pts.append((float(R[s, s - 1]), float(ret[s])))
+    return pts
+
+
+def _base_point(results, s: int) -> tuple[float, float] | None:
+    for run in results["runs"]:
+        R = M.as_matrix(run["matrix"])
+        ret = run.get("retention") or []
+        if ret and ret[0] is not None and not _isnan(R[0, s - 1]):
+            return float(R[0, s - 1]), float(ret[0])
+    return None
+
+
+def _family_points(results, s: int) -> dict[str, dict[Any, list[tuple[float, float]]]]:
+    """{family: {seed: points of all its runs (every lr) at stage s, base point included}}."""
+    base = _base_point(results, s)
+    fam: dict[str, dict[Any, list]] = {}
+    for run in results["runs"]:
+        pts = _stage_points(run, s)
+        if not pts:
+            continue
+        seeds = fam.setdefault(_family(run["method"]), {})
+        seeds.setdefault(run.get("seed"), [base] if base else []).extend(pts)
+    return fam
+
+
+def _n_stages(results) -> int:
+    return max(M.as_matrix(r["matrix"]).shape[0] - 1 for r in results["runs"])
+
+
+def _frontier_levels(fams: Mapping[str, Mapping[Any, list]], base_x: float, n: int = 5) -> list[float]:
+    tops = [max(x for pts in seeds.values() for x, _ in pts) for seeds in fams.values()]
+    top = min(tops) if tops else base_x
+    if not top > base_x + 1e-9:
+        return []
+    return [float(v) for v in np.linspace(base_x, top, n)]
+
+
+def _plot_frontier(results, out: Path, ret_name: str) -> Path | None:
+    """Every run's checkpoints (small) and end points (large) as (new-task accuracy, retention), each family's
+    Pareto frontier over all its seeds and learning rates (thick steps; thin: per seed), the base model (star)."""
+    n_stages = _n_stages(results)
+    if not any(_family_points(results, s) for s in range(1, n_stages + 1)):
+        return None
+    tasks = results["tasks"]
+    fig, axes = _new_fig(5.6 * n_stages + 0.6, 5.2, 1, n_stages)
+    for s, ax in enumerate(axes[0], start=1):
+        fams = _family_points(results, s)
+        names = list(fams)
+        for k, fam in enumerate(names):
+            c = _color(fam, names)
+            pooled = [p for pts in fams[fam].values() for p in pts]
+            ck = [p for r in results["runs"] if _family(r["method"]) == fam for p in _stage_points(r, s)]
+            ax.plot([p[0] for p in ck], [p[1] for p in ck], ls="none", marker=_MARKERS[k % 8], color=c, ms=4,
+                    alpha=0.45)
+            for pts in fams[fam].values():
+                fr = M.pareto_frontier(pts)
+                ax.step([p[0] for p in fr], [p[1] for p in fr], where="pre", color=c, lw=0.8, alpha=0.5, ls="--")
+            fr = M.pareto_frontier(pooled)
+            ax.step([p[0] for p in fr], [p[1] for p in fr], where="pre", color=c, lw=2.2,
+                    label=f"{fam} frontier ({len(fams[fam])} seed{'s' if len(fams[fam]) != 1 else ''})")
+        base = _base_point(results, s)
+        if base:
+            ax.plot([base[0]], [base[1]], marker="*", color="black", ms=15, ls="none", label="base model")
+        task = tasks[s - 1] if s - 1 < len(tasks) else str(s)
+        ax.set_xlabel(f"accuracy on {task} (new task of stage {s})")
+        ax.set_ylabel(ret_name)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        ax.set_title(f"stage {s}: every run and checkpoint", fontsize=10)
+    fig.suptitle(_wrap_to(fig, "Pareto frontiers of new-task accuracy vs. retention: dots = every checkpoint and "
+                          "end of every run (all learning rates and seeds); thick = frontier over all seeds, dashed "
+                          "= per seed; star = base model, the common start"), fontsize=9)
+    return _save(fig, out / "fig_frontier.png")
+
+
+def _frontier_rows(results) -> list[list[str]]:
+    rows = []
+    for s in range(1, _n_stages(results) + 1):
+        fams = _family_points(results, s)
+        if len(fams) < 2:
+            continue
+        base = _base_point(results, s)
+        levels = _frontier_levels(fams, base[0] if base else 0.0)
+        names = list(fams)
+        ref = "sdft" if "sdft" in names else names[0]
+        for other in names:
+            if other == ref:
+                continue
+            if not levels:
+                rows.append([str(s), f"A={ref}, B={other}", "no accuracy above the base reached by both",
+                             "", "", ""])
+            for r in M.frontier_comparison(fams[ref], fams[other], levels):
+                rows.append([str(s), f"A={ref}, B={other}", _f(r["level"]), _agg_n(r["a"]), _agg_n(r["b"]),
+                             _agg_n(r["diff"], signed=True)])
+    return rows
+
+
+def _agg_n(agg: Mapping[str, Any], signed: bool = False) -> str:
+    if agg["n"] == 0:
+        return "not reached"
+    return _agg_cell(agg, signed=signed) + f" (n={agg['n']})"
+
+
+def _forgetting_tables(results) -> tuple[list[list[str]], list[list[str]]]:
+    """Per run and per method: paired change on all retention items, margin change, conditional figure."""
+    per_run, by_method = [], {}
+    for run in results["runs"]:
+        it = run.get("retention_items") or {}
+        corr, marg = it.get("correct") or [], it.get("margin") or []
+        if len(corr) < 2 or corr[0] is None or corr[-1] is None:
+            continue
+        ch = M.paired_retention_change(corr[0], corr[-1])
+        mc = (M.margin_change(marg[0], marg[-1]) if len(marg) >= 2 and marg[0] is not None and marg[-1] is not None
+              else {"change": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0})
+        cond = M.conditional_retention(corr[0], corr[-1])
+        per_run.append([str(run["method"]), str(run.get("seed")), f"{_ci(ch['change'], ch['low'], ch['high'], True)}",
+                        f"{ch['lost']} / {ch['gained']}", f"{ch['p_mcnemar']:.3g}",
+                        _ci(mc["change"], mc["low"], mc["high"], True), f"{_f(cond['value'])} (n={cond['n']})"])
+        d = by_method.setdefault(str(run["method"]), {"acc": [], "margin": [], "cond": []})
+        d["acc"].append(ch["change"])
+        d["margin"].append(mc["change"])
+        d["cond"].append(cond["value"])
+    agg = [[m, str(len(v["acc"])), _agg_cell(M.aggregate_seeds(v["acc"]), True),
+            _agg_cell(M.aggregate_seeds(v["margin"]), True), _agg_cell(M.aggregate_seeds(v["cond"]))]
+           for m, v in by_method.items()]
+    return per_run, agg
+
+
 # --------------------------------------------------------------------------- #
 # Document model -> markdown / html
 # --------------------------------------------------------------------------- #
@@ -582,6 +730,7 @@ def _build_blocks(results: Mapping[str, Any], out: Path) -> list[tuple]:
     ret_name = str(results.get("retention_name") or "retention")
     title = str(results.get("title") or "selfdistill continual-learning report")
     b: list[tuple] = [("h1", title)]
+    b += _partial_blocks(results)
 
     # ---- header
     seeds_desc = "; ".join(
@@ -732,6 +881,39 @@ def _build_blocks(results: Mapping[str, Any], out: Path) -> list[tuple]:
         b.append(("table", ["stage", "comparison", "new-task acc", "retention A",
                             "retention B", "A − B"], acq))
 
+    # ---- forgetting, paired with the base model on every retention item
+    per_run, per_method = _forgetting_tables(results)
+    if per_run:
+        b.append(("h2", "Forgetting on the retention suite, item by item against the base model"))
+        b.append(("p", "Δ accuracy on ALL items: tuned minus base, paired by item, with a paired-bootstrap 95% "
+                  "interval (10,000 resamples of items); lost / gained = items right before and wrong after / "
+                  "wrong before and right after; p = exact McNemar test of lost vs. gained. Δ margin: mean change "
+                  "of the correct choice's log-likelihood margin (correct minus best other choice, nats) with a "
+                  "t-interval over items, a continuous measure that moves before answers flip. Conditional = "
+                  "accuracy on the items the base model got right: it is biased downwards (items near the "
+                  "decision boundary flip both ways, and only the losses are counted), so it is not the "
+                  "forgetting figure."))
+        b.append(("table", ["method", "seed", "Δ accuracy, all items [bootstrap 95%]", "lost / gained",
+                            "McNemar p", "Δ margin [t 95%]", "conditional: base-correct items"], per_run))
+        b.append(("h3", "Per method, over seeds (t-interval over seeds)"))
+        b.append(("table", ["method", "seeds", "Δ accuracy, all items", "Δ margin", "conditional"], per_method))
+
+    # ---- frontiers
+    fr_rows = _frontier_rows(results)
+    b.append(("h2", "Pareto frontiers: new-task accuracy vs. retention"))
+    b.append(("p", "Every run (all learning rates, all seeds) and each of its evaluated checkpoints is one point; a "
+              "method's frontier is the set of its points that no other point of the same method beats on both "
+              "axes, with the base model as the common start. The acquisition-matched comparison below reads "
+              "each method's per-seed frontier at equal new-task accuracy (the best retention among its points "
+              "with at least that accuracy), between the base model's accuracy and the highest accuracy both "
+              "methods reached; mean over seeds with a t-interval, difference paired by seed. Seeds whose "
+              "frontier does not reach a level are left out (n). Nothing is extrapolated."))
+    if fr_rows:
+        b.append(("table", ["stage", "comparison", "new-task acc ≥", "retention A", "retention B", "A − B"],
+                  fr_rows))
+    else:
+        b.append(("p", "Only one method (family): no comparison to read."))
+
     # ---- figures
     b.append(("h2", "Figures"))
     figs = [
@@ -740,6 +922,8 @@ def _build_blocks(results: Mapping[str, Any], out: Path) -> list[tuple]:
         (_plot_series(results, groups, out, "retention", "retention_n", ret_name,
                       f"{ret_name} across stages (95% intervals)", "fig_retention.png", True),
          f"{ret_name} across stages per method"),
+        (_plot_frontier(results, out, ret_name),
+         f"Pareto frontiers of new-task accuracy vs. {ret_name} (every run and checkpoint; base model = star)"),
         (_plot_tradeoff(results, groups, out, ret_name),
          f"New-task accuracy vs. {ret_name} per stage (one marker per method/seed; "
          "checkpoint trajectories)"),
@@ -790,6 +974,22 @@ def _acquisition_rows(results, groups) -> list[list[str]]:
     return rows
 
 
+def _partial_blocks(results: Mapping[str, Any]) -> list[tuple]:
+    part = results.get("partial")
+    if not part:
+        return []
+    return [("h2", "PARTIAL REPORT: the run stopped before it finished"),
+            ("p", f"{part['n_reported']} of {part['n_planned']} planned runs have at least one finished stage and "
+             "are reported below (a run's unfinished stages are left out). Missing: rerun the same command to "
+             "resume; it skips everything finished."),
+            ("ul", list(part["missing"]) or ["nothing"])]
+
+
+def _empty_partial_blocks(results: Mapping[str, Any]) -> list[tuple]:
+    return [("h1", str(results.get("title") or "selfdistill report")), *_partial_blocks(results),
+            ("p", "No run has finished a stage yet: there is nothing to report beyond the plan above.")]
+
+
 def write_report(run_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``report.md`` + ``report.html`` (+ PNGs and CSVs) into ``run_dir``.
 
@@ -797,9 +997,25 @@ def write_report(run_dir: str | os.PathLike) -> tuple[Path, Path]:
     Returns ``(md_path, html_path)``.
     """
     out = Path(run_dir)
-    results = load_results(out)
-    M.write_tables(out, results)
-    blocks = _build_blocks(results, out)
+    if (out / "plan.json").exists() and (out / "base_eval.json").exists():
+        # a sequence/sweep/demo folder: its progress files are the record (a stopped run, or several processes
+        # or commands sharing the folder); results.json is rewritten from them
+        from .sequence import collect_results
+        results = collect_results(out)
+        if results["runs"]:
+            M.write_results(out, {k: v for k, v in results.items() if k != "partial" or v["missing"]})
+        if not results["partial"]["missing"]:
+            del results["partial"]
+    elif (out / RESULTS_FILE).exists():
+        results = load_results(out)
+    else:
+        from .sequence import collect_results
+        results = collect_results(out)  # raises a one-line FileNotFoundError: nothing to report
+    if results["runs"]:
+        M.write_tables(out, results)
+        blocks = _build_blocks(results, out)
+    else:
+        blocks = _empty_partial_blocks(results)
     title = str(results.get("title") or "selfdistill continual-learning report")
     md_path = out / "report.md"
     html_path = out / "report.html"

@@ -6,7 +6,7 @@
 name                        what                                                                        licence
 ==========================  ==========================================================================  =========
 ``tooluse``                 BFCL v4 simple_python, 300 train / 100 test (:mod:`.tooluse`)               Apache-2.0
-``knowledge``               ISO 4217 codes of 64 lesser-known currencies; test = reworded (:mod:`.knowledge`)  LGPL-2.1
+``knowledge``               ISO 4217 codes of 64 lesser-known currencies; 4 test phrasings (:mod:`.knowledge`)  LGPL-2.1
 ``retention``               120 multiple-choice prior-capability probes, eval-only (:mod:`.retention`)  see module
 ``retention_if``            21 IFEval-style instruction-following items, eval-only                      see module
 ``paper_tooluse:<path>``    the SDFT paper's tool-use data from a local folder (:mod:`.paper`)          none found
@@ -14,7 +14,10 @@ name                        what                                                
 ==========================  ==========================================================================  =========
 
 ``user_task(data_path, scorer=...)`` builds a task from the user's own demonstration file (via
-:func:`selfdistill.data.load_examples`).
+:func:`selfdistill.data.load_examples`). ``task_from_spec("my.jsonl@scorer=contains_word,test=t.jsonl")`` is the
+command line's form of both: a built-in name (with loader options, ``knowledge@n_train=32``) or a file with
+options ``scorer``, ``test`` (a separate test file), ``split`` (a fraction or a count held out), ``name``,
+``seed``, ``max_new_tokens``; a file given without ``test``/``split`` is used whole.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from selfdistill.tasks.base import Task, check_mc_example, mc_correct, mc_predicted_index
-from selfdistill.tasks.scorers import exact_match, function_call_match, regex_match
+from selfdistill.tasks.scorers import contains_word, exact_match, function_call_match, regex_match
 
-__all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_predicted_index", "USER_SCORERS", "load_training_examples"]
+__all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_predicted_index", "USER_SCORERS",
+           "load_training_examples", "parse_task_spec", "task_from_spec", "check_scorer_fields"]
 
 
 def _tooluse(**kw: Any) -> Task:
@@ -104,7 +108,7 @@ def get_task(name: str, **kwargs: Any) -> Task:
 # tasks from the user's own data
 # ----------------------------------------------------------------------------------------------------------------
 
-USER_SCORERS = ("exact", "regex", "function_call", "multiple_choice")
+USER_SCORERS = ("exact", "contains_word", "regex", "function_call", "multiple_choice")
 
 
 def _reference(ex: Any) -> Any:
@@ -119,6 +123,12 @@ def _score_exact(out: str, ex: Any) -> bool:
     ref = _reference(ex)
     refs = ref if isinstance(ref, list) else [ref]  # a list of acceptable answers
     return any(exact_match(out, str(r)) for r in refs)
+
+
+def _score_contains_word(out: str, ex: Any) -> bool:
+    ref = _reference(ex)
+    refs = ref if isinstance(ref, list) else [ref]
+    return any(contains_word(out, str(r)) for r in refs)
 
 
 def _score_regex(out: str, ex: Any) -> bool:
@@ -140,8 +150,8 @@ def _score_mc_text(out: str, ex: Any) -> bool:
     return exact_match(out, ex.extra["choices"][ex.extra["answer_index"]])
 
 
-_USER_SCORER_FNS = {"exact": _score_exact, "regex": _score_regex, "function_call": _score_function_call,
-                    "multiple_choice": _score_mc_text}
+_USER_SCORER_FNS = {"exact": _score_exact, "contains_word": _score_contains_word, "regex": _score_regex,
+                    "function_call": _score_function_call, "multiple_choice": _score_mc_text}
 
 
 def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | Path | None = None,
@@ -152,6 +162,8 @@ def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | 
     `scorer`:
       * ``"exact"``: :func:`exact_match` against ``extra["reference"]`` or ``extra["answer"]`` (a string, or a list
         of acceptable strings), falling back to the demonstration itself;
+      * ``"contains_word"``: :func:`contains_word` (the reference appears in the reply as whole words after
+        normalisation) against ``extra["answer"]`` or ``extra["reference"]`` (required; a list = any of them);
       * ``"regex"``: :func:`regex_match` with ``extra["pattern"]`` (or ``reference``/``answer``);
       * ``"function_call"``: :func:`function_call_match` with ``extra["ground_truth"]`` (BFCL possible-answer
         format) and optional ``extra["required"]``;
@@ -181,9 +193,7 @@ def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | 
         test = [examples[i] for i in sorted(order[:n_test])]
         train = [examples[i] for i in sorted(order[n_test:])]
     kind = "multiple_choice" if scorer == "multiple_choice" else "generate"
-    if kind == "multiple_choice":
-        for ex in [*train, *test]:
-            check_mc_example(ex)
+    check_scorer_fields([*train, *test], scorer)
     return Task(
         name=name or Path(str(data_path)).stem,
         description=description or f"user data from {data_path}, scored with {scorer!r}",
@@ -192,6 +202,128 @@ def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | 
         max_new_tokens=max_new_tokens,
         info={"n_train": len(train), "n_test": len(test), "seed": seed, "scorer": scorer},
     )
+
+
+# The answer field each scorer needs (any one of the keys); exact falls back to the demonstration.
+_SCORER_FIELDS = {"contains_word": ("answer", "reference"), "regex": ("pattern", "reference", "answer"),
+                  "function_call": ("ground_truth", "reference", "answer")}
+
+
+def check_scorer_fields(examples: list, scorer: str) -> None:
+    """ValueError naming the file and line of the first record that lacks the field `scorer` needs."""
+    from selfdistill.data import DataError
+
+    if scorer == "multiple_choice":
+        for ex in examples:
+            try:
+                check_mc_example(ex)
+            except ValueError as e:
+                raise DataError(str(e)) from None
+        return
+    keys = _SCORER_FIELDS.get(scorer, ())
+    for ex in examples if keys else ():
+        if all(ex.extra.get(k) in (None, "", []) for k in keys):
+            raise DataError(f"{ex.origin or 'record'}: scorer {scorer!r} needs a "
+                            f"{' or '.join(repr(k) for k in keys)} field in every record")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# task specs: NAME_OR_FILE[@key=value,...]
+# ----------------------------------------------------------------------------------------------------------------
+
+FILE_OPTIONS = ("scorer", "test", "split", "name", "seed", "max_new_tokens")
+
+
+def _coerce(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"a.jsonl@scorer=contains_word,test=b.jsonl"`` -> ``("a.jsonl", {"scorer": ..., "test": ...})``.
+
+    A spec that is an existing path is taken whole (so a file name may contain ``@``); otherwise the options
+    follow the last ``@`` as comma-separated ``key=value`` pairs."""
+    from selfdistill.data import DataError
+
+    spec = spec.strip()
+    if not spec:
+        raise DataError("empty task spec")
+    if "@" not in spec or Path(spec).exists():
+        return spec, {}
+    head, _, tail = spec.rpartition("@")
+    opts: dict[str, str] = {}
+    for kv in filter(None, (x.strip() for x in tail.split(","))):
+        k, eq, v = kv.partition("=")
+        if not eq or not k.strip():
+            raise DataError(f"task spec {spec!r}: option {kv!r} is not key=value")
+        opts[k.strip()] = v.strip()
+    return head, opts
+
+
+def _is_file_spec(name: str) -> bool:
+    return name not in _TASKS and name.partition(":")[0] not in _PATH_TASKS and (
+        Path(name).exists() or any(name.endswith(x) for x in (".jsonl", ".json", ".csv", ".parquet")) or "/" in name)
+
+
+def task_from_spec(spec: str) -> Task:
+    """A task from ``NAME[@kwarg=value,...]`` (a built-in task, kwargs to its loader, e.g. ``knowledge@n_train=32``)
+    or ``FILE[@scorer=...,test=FILE,split=0.2|N,name=...,seed=...]`` (the user's demonstrations, named after the
+    file). A file with neither ``test`` nor ``split`` is used whole: trained on whole and evaluated whole.
+    Errors are one-line DataErrors naming the spec, file and record."""
+    from selfdistill.data import DataError
+
+    name, opts = parse_task_spec(spec)
+    if not _is_file_spec(name):
+        try:
+            return get_task(name, **{k: _coerce(v) for k, v in opts.items()})
+        except DataError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise DataError(f"task spec {spec!r}: {e}") from None
+    unknown = sorted(set(opts) - set(FILE_OPTIONS))
+    if unknown:
+        raise DataError(f"task spec {spec!r}: unknown option(s) {', '.join(unknown)}; a file task takes "
+                        f"{', '.join(FILE_OPTIONS)}")
+    if not Path(name).exists():
+        raise DataError(f"{name}: no such file (task spec {spec!r})")
+    scorer = opts.get("scorer", "exact")
+    if scorer not in _USER_SCORER_FNS:
+        close = difflib.get_close_matches(scorer, USER_SCORERS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise DataError(f"{name}: unknown scorer {scorer!r} (task spec {spec!r}).{hint} "
+                        f"Known: {', '.join(USER_SCORERS)}")
+    kw: dict[str, Any] = {"scorer": scorer, "name": opts.get("name") or Path(name).stem,
+                          "seed": int(_coerce(opts.get("seed", "0")))}
+    if "max_new_tokens" in opts:
+        kw["max_new_tokens"] = int(_coerce(opts["max_new_tokens"]))
+    if "test" in opts:
+        kw["test_path"] = opts["test"]
+    elif "split" in opts:
+        v = _coerce(opts["split"])
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            kw["n_test"] = v
+        elif isinstance(v, float) and 0 < v < 1:
+            kw["test_fraction"] = v
+        else:
+            raise DataError(f"task spec {spec!r}: split must be a fraction in (0, 1) or a count >= 1, got "
+                            f"{opts['split']!r}")
+    try:
+        if "test_path" in kw or "n_test" in kw or "test_fraction" in kw:
+            return user_task(name, **kw)
+        task = user_task(name, n_test=0, **kw)
+    except DataError:
+        raise
+    except ValueError as e:
+        raise DataError(f"{name}: {e}") from None
+    task.test = list(task.train)  # no split asked: the whole file is the test set too
+    task.info.update(n_test=len(task.test), whole_file=True)
+    task.description += " (no test file or split given: evaluated on the whole file)"
+    return task
 
 
 def load_training_examples(spec: str) -> list:
@@ -203,10 +335,13 @@ def load_training_examples(spec: str) -> list:
 
     if spec.startswith("task:"):
         try:
-            task = get_task(spec[len("task:"):])
+            task = task_from_spec(spec[len("task:"):])
         except ValueError as e:
             raise DataError(str(e)) from None
         if not task.train:
             raise DataError(f"task {task.name!r} has no training split")
         return task.train
+    name, opts = parse_task_spec(spec)
+    if opts:  # FILE@scorer=...,split=...: train on the training part
+        return task_from_spec(spec).train
     return load_examples(spec)

@@ -13,12 +13,21 @@ The fact for a currency is ``"The ISO 4217 code of the <name> is <CODE>."``. Eac
     all-caps 3-letter token that is a valid ISO 4217 code equals the answer
     (:func:`selfdistill.tasks.scorers.currency_code_match`), so listing many codes does not win.
 
-Phrasings (fixed, documented):
-  * train:    ``What is the ISO 4217 currency code of the <name>?``
-  * reworded: ``Which three-letter code does ISO 4217 assign to the <name>? Reply in one sentence.``
+Phrasings (fixed on 2026-11-30 before any method was evaluated on the new ones; documented):
+  * train:      ``What is the ISO 4217 currency code of the <name>?``  (the only phrasing trained on)
+  * reworded:   ``Which three-letter code does ISO 4217 assign to the <name>? Reply in one sentence.``
+                (the training question reworded lightly; the default test phrasing)
+  * other_name: ``What is the ISO 4217 code of the currency issued by <country>? Reply in one sentence.``
+                (the entity named differently: by the country that issues it, ISO 3166 name of the code's
+                first two letters, e.g. Madagascar for MGA; never seen in training)
+  * reverse:    ``Which currency has the ISO 4217 code <CODE>? Reply in one sentence.``  (the fact asked in
+                the reverse direction; correct iff the currency's ISO name appears in the reply as whole words,
+                :func:`selfdistill.tasks.scorers.contains_word`, so "the malagasy ariary" passes and "Ariary"
+                alone for "Malagasy Ariary" fails)
 The test split holds the SAME facts as the train split (the point is whether the fact was learned), asked with
-the reworded phrasing by default (the paper's out-of-distribution phrasing check); ``test_phrasing="train"``
-asks them with the training phrasing instead.
+the reworded phrasing by default (the paper's out-of-distribution phrasing check); ``test_phrasing`` picks
+another one, and ``test_phrasing="all"`` puts every phrasing in the test split (``extra["phrasing"]`` tells
+them apart; ``selfdistill eval`` reports each separately).
 
 Which currencies: all ISO 4217 entries in pycountry except precious metals, funds, testing and other
 non-currency ``X..`` codes, fund/index units (BOV, CHE, CHW, CLF, COU, MXV, USN, UYI, UYW), the two currencies
@@ -30,10 +39,10 @@ first ``n_train`` (default 64) become the task's facts.
 from __future__ import annotations
 
 import random
-from typing import Any, Literal
+from typing import Any
 
 from selfdistill.tasks.base import Task, make_example
-from selfdistill.tasks.scorers import currency_code_match
+from selfdistill.tasks.scorers import contains_word, currency_code_match
 
 SOURCE_AND_LICENSE = ("ISO 4217 currency names/codes from the pycountry package (LGPL-2.1-only), data from Debian "
                       "iso-codes (LGPL-2.1-or-later)")
@@ -42,7 +51,15 @@ MAX_NEW_TOKENS = 32
 TRAIN_TEMPLATE = "What is the ISO 4217 currency code of the {name}?"
 REWORDED_TEMPLATE = "Which three-letter code does ISO 4217 assign to the {name}? Reply in one sentence."
 FACT_TEMPLATE = "The ISO 4217 code of the {name} is {code}."
-PHRASINGS = {"train": TRAIN_TEMPLATE, "reworded": REWORDED_TEMPLATE}
+OTHER_NAME_TEMPLATE = "What is the ISO 4217 code of the currency issued by {country}? Reply in one sentence."
+REVERSE_TEMPLATE = "Which currency has the ISO 4217 code {code}? Reply in one sentence."
+PHRASINGS = {"train": TRAIN_TEMPLATE, "reworded": REWORDED_TEMPLATE, "other_name": OTHER_NAME_TEMPLATE,
+             "reverse": REVERSE_TEMPLATE}
+TEST_PHRASINGS = ("reworded", "train", "other_name", "reverse")  # the order in which reports list them
+# ISO 3166 names that read badly after "issued by": the short form used instead.
+COUNTRY_NAMES = {"CD": "the Democratic Republic of the Congo", "FK": "the Falkland Islands",
+                 "BS": "the Bahamas", "GM": "the Gambia", "KY": "the Cayman Islands", "SB": "the Solomon Islands",
+                 "DO": "the Dominican Republic", "BN": "Brunei", "SH": "Saint Helena", "MO": "Macao"}
 
 # Currencies a model is likely to know already: excluded.
 WELL_KNOWN = frozenset("""
@@ -89,15 +106,30 @@ def fact(code: str, name: str) -> str:
     return FACT_TEMPLATE.format(name=name, code=code)
 
 
+def issuing_country(code: str) -> str:
+    """The country that issues `code`: the ISO 3166 country of its first two letters (ISO 4217's rule)."""
+    import pycountry
+
+    alpha2 = code[:2]
+    if alpha2 in COUNTRY_NAMES:
+        return COUNTRY_NAMES[alpha2]
+    c = pycountry.countries.get(alpha_2=alpha2)
+    if c is None:
+        raise ValueError(f"no ISO 3166 country for currency code {code}")
+    return getattr(c, "common_name", None) or c.name
+
+
 def make_item(code: str, name: str, phrasing: str) -> Any:
     if phrasing not in PHRASINGS:
         raise ValueError(f"phrasing must be one of {sorted(PHRASINGS)}, got {phrasing!r}")
+    country = issuing_country(code) if phrasing == "other_name" else ""
+    item_id = f"iso4217:{code}" if phrasing == "train" else f"iso4217:{code}:{phrasing}"
     return make_example(
-        prompt=[{"role": "user", "content": PHRASINGS[phrasing].format(name=name)}],
+        prompt=[{"role": "user", "content": PHRASINGS[phrasing].format(name=name, code=code, country=country)}],
         demonstration=fact(code, name),
         source=fact(code, name),
-        extra={"id": f"iso4217:{code}", "code": code, "currency": name, "phrasing": phrasing,
-               "reference": code},
+        extra={"id": item_id, "code": code, "currency": name, "phrasing": phrasing,
+               "reference": name if phrasing == "reverse" else code, **({"country": country} if country else {})},
         origin=f"pycountry:iso4217:{code}:{phrasing}",
     )
 
@@ -106,29 +138,33 @@ _VALID: frozenset[str] | None = None
 
 
 def score(output: str, example: Any) -> bool:
+    """Reverse questions: the currency's name as whole words in the reply; all others: the first valid code."""
     global _VALID
+    if example.extra.get("phrasing") == "reverse":
+        return contains_word(output, example.extra["currency"])
     if _VALID is None:
         _VALID = all_currency_codes()
     return currency_code_match(output, example.extra["code"], _VALID)
 
 
-def load_task(n_train: int = 64, seed: int = 0,
-              test_phrasing: Literal["train", "reworded"] = "reworded") -> Task:
-    """`n_train` facts; train asks them with the training phrasing, test with `test_phrasing`."""
-    if test_phrasing not in PHRASINGS:
-        raise ValueError(f"test_phrasing must be 'train' or 'reworded', got {test_phrasing!r}")
+def load_task(n_train: int = 64, seed: int = 0, test_phrasing: str = "reworded") -> Task:
+    """`n_train` facts; train asks them with the training phrasing, test with `test_phrasing` (one of
+    :data:`TEST_PHRASINGS`, or ``"all"``: every phrasing, in that order)."""
+    if test_phrasing != "all" and test_phrasing not in PHRASINGS:
+        raise ValueError(f"test_phrasing must be one of {', '.join(TEST_PHRASINGS)} or 'all', got {test_phrasing!r}")
     chosen = select_currencies(n_train, seed)
+    phrasings = list(TEST_PHRASINGS) if test_phrasing == "all" else [test_phrasing]
     return Task(
         name="knowledge",
         description=("New facts: the ISO 4217 code of lesser-known currencies. Train on one phrasing, test the "
-                     f"same facts with the {test_phrasing!r} phrasing; correct iff the first valid code in the "
-                     "answer is the right one."),
+                     f"same facts with the {test_phrasing!r} phrasing(s); correct iff the first valid code in the "
+                     "answer is the right one (reverse questions: the currency's name appears in the answer)."),
         train=[make_item(c, n, "train") for c, n in chosen],
-        test=[make_item(c, n, test_phrasing) for c, n in chosen],
+        test=[make_item(c, n, p) for p in phrasings for c, n in chosen],
         scorer=score,
         kind="generate",
         source_and_license=SOURCE_AND_LICENSE,
         max_new_tokens=MAX_NEW_TOKENS,
-        info={"n_train": len(chosen), "n_test": len(chosen), "seed": seed, "test_phrasing": test_phrasing,
-              "n_eligible": len(candidate_currencies())},
+        info={"n_train": len(chosen), "n_test": len(chosen) * len(phrasings), "seed": seed,
+              "test_phrasing": test_phrasing, "n_eligible": len(candidate_currencies())},
     )

@@ -4,6 +4,8 @@
   when the model's chat template has them; see evaluate.evaluate_task).
 * :func:`exact_match`: normalised string equality, with a strict "the answer comes first" allowance.
 * :func:`regex_match`: ``re.search`` of a pattern.
+* :func:`contains_word`: the reference appears in the reply as a whole word (or run of whole words) after
+  normalisation (case, accents, punctuation).
 * :func:`function_call_match`: BFCL-style AST check of one Python function call against BFCL's
   ``possible_answer`` ground truth.
 * :func:`currency_code_match`: the knowledge task's rule (first valid ISO 4217 code token must be the answer).
@@ -350,6 +352,35 @@ def render_reference_call(ground_truth: Any, required: Iterable[str] | None = No
         if present:
             parts.append(f"{p}={render_value(v)}")
     return f"{name}({', '.join(parts)})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# contains a whole word
+# --------------------------------------------------------------------------------------------------------------
+
+
+def word_tokens(text: str) -> list[str]:
+    """Lower-case word tokens: Unicode NFKD with accents dropped, case-folded, every run of characters that are
+    not letters or digits is a separator. ``"Pa’anga!"`` -> ``["pa", "anga"]``, ``"Córdoba Oro"`` ->
+    ``["cordoba", "oro"]``."""
+    if not isinstance(text, str):
+        return []
+    s = unicodedata.normalize("NFKD", text)
+    s = "".join(c for c in s if not unicodedata.combining(c)).casefold()
+    return re.findall(r"[^\W_]+", s)
+
+
+def contains_word(output: str, reference: str) -> bool:
+    """True iff the reference's word tokens appear in the output as a contiguous run of whole tokens
+    (:func:`word_tokens` on both sides). ``"The ISO 639-3 code of Bomboma is bws."`` contains ``bws``;
+    ``"bwsx"`` or ``"b-w-s"`` do not; ``"Malagasy ariary"`` contains ``Ariary``. An empty reference never
+    matches."""
+    ref = word_tokens(reference)
+    out = word_tokens(output)
+    if not ref:
+        return False
+    n = len(ref)
+    return any(out[i:i + n] == ref for i in range(len(out) - n + 1))
 
 
 # --------------------------------------------------------------------------------------------------------------
