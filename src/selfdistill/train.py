@@ -378,6 +378,10 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
         distributed.wrap_for_training(model, teacher.copy if teacher is not None else None, acc.device,
                                       bf16=autocast, reduce_dtype=cfg.dist.reduce_dtype,
                                       cpu_offload=cfg.dist.cpu_offload or distributed.plugin_cpu_offload(acc))
+        if acc.is_main_process:
+            print(f"[selfdistill] FSDP2: student{', EMA teacher' if teacher and teacher.copy else ''} and AdamW "
+                  f"states sharded over {acc.num_processes} process(es), compute {'bf16' if autocast else 'fp32'}",
+                  file=sys.stderr)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg, acc.device)
     wrapped = acc.prepare_model(model) if strategy == "ddp" else model
