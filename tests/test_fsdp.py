@@ -190,7 +190,9 @@ def test_two_process_fsdp_equals_single_process(fsdp_vs_single, method, tiny_tok
     from conftest import build_tiny_model
     from safetensors.torch import load_file
 
-    load = lambda run, r: torch.load(fsdp_vs_single / run / method / f"rank{r}.pt", weights_only=False)  # noqa: E731
+    def load(run: str, rank: int) -> dict:
+        return torch.load(fsdp_vs_single / run / method / f"rank{rank}.pt", weights_only=False)
+
     one, r0, r1 = load("single", 0), load("fsdp", 0), load("fsdp", 1)
     assert (one["world"], r0["world"], r1["world"]) == (1, 2, 2)
     assert r0["student_sha"] == r1["student_sha"] and r0["teacher_sha"] == r1["teacher_sha"]
@@ -370,8 +372,7 @@ def test_sigint_stops_gracefully_then_resume_equals_uninterrupted(cli_ref):
     done = len(metrics.read_text().splitlines())
     assert 1 <= done < CLI_STEPS
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{done:06d}"]  # the last finished step
-    resumed = subprocess.run([*args[:-2], "--resume", "--num-processes", "2"], env=_env(), cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*args, "--resume"], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     _check(resumed, "--resume after SIGINT")
     _same_run(base / "ref", out)
 

@@ -57,10 +57,9 @@ def check_supported(strategy: str, *, lora: bool, distributed_type: str) -> None
             "under ZeRO-3; use FSDP2 instead (--dist fsdp, or configs/accelerate/fsdp.yaml), see docs/multi_gpu.md")
     if strategy == "fsdp" and lora:
         raise DistributedConfigError(
-            "model.lora=true with dist.strategy=fsdp is not supported: the adapter EMA teacher is a second peft "
-            "adapter inside the student's modules, switched with set_adapter around every teacher pass, and that has "
-            "not been made to work on sharded modules; LoRA's frozen bf16 base fits one GPU (~15 GB at 7B), so "
-            "sharding gains little: use --dist ddp")
+            "model.lora=true with dist.strategy=fsdp is not supported: the adapter EMA teacher (a second peft "
+            "adapter in the student's modules, switched with set_adapter) is not shard-aware: sharding replaces the "
+            "parameters its EMA pairs point to; LoRA's frozen bf16 base fits one GPU (~15 GB at 7B), so use --dist ddp")
 
 
 def resolve_strategy(requested: str, accelerator, *, lora: bool) -> str:

@@ -378,6 +378,10 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
         distributed.wrap_for_training(model, teacher.copy if teacher is not None else None, acc.device,
                                       bf16=autocast, reduce_dtype=cfg.dist.reduce_dtype,
                                       cpu_offload=cfg.dist.cpu_offload or distributed.plugin_cpu_offload(acc))
+        if acc.is_main_process:
+            print(f"[selfdistill] FSDP2: student{', EMA teacher' if teacher and teacher.copy else ''} and AdamW "
+                  f"states sharded over {acc.num_processes} process(es), compute {'bf16' if autocast else 'fp32'}",
+                  file=sys.stderr)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, cfg, acc.device)
     wrapped = acc.prepare_model(model) if strategy == "ddp" else model
@@ -561,7 +565,7 @@ class Progress:
         self.bar = tqdm(total=run.cfg.train.max_steps, initial=run.step, disable=not enabled,
                         desc=run.cfg.train.method, dynamic_ncols=True, file=sys.stderr)
         self.enabled, self.n_tokens, self.i, self.n, self.last = enabled, 0, 0, 1, 0.0
-        self.metrics = ""
+        self.metrics, self.sdft = "", run.cfg.train.method == "sdft"
 
     def micro(self, i: int, n: int) -> None:
         self.i, self.n = i, n
@@ -576,13 +580,13 @@ class Progress:
         if not self.enabled or (not force and now - self.last < 0.5):
             return
         self.last = now
-        inside = f"micro-batch {self.i + 1}/{self.n}, {self.n_tokens} rollout tokens"
+        inside = f"micro-batch {self.i + 1}/{self.n}" + (f", {self.n_tokens} rollout tokens" if self.sdft else "")
         self.bar.set_postfix_str(f"{self.metrics}{' | ' if self.metrics else ''}{inside}", refresh=True)
 
     def step_done(self, rec: dict) -> None:
-        kl_key = next((k for k in ("forward_kl", "reverse_kl", "jsd", "ce") if k in rec), "loss")
-        self.metrics = f"loss={rec.get('loss', 0):.4f} {kl_key}={rec.get(kl_key, 0):.4f} " \
-                       f"tok/s={rec['tokens_per_s']:.0f}"
+        named = next((k for k in ("forward_kl", "reverse_kl", "jsd", "sft_nll") if k in rec), None)
+        self.metrics = f"loss={rec.get('loss', 0):.4f} " + (f"{named}={rec[named]:.4f} " if named else "") + \
+            f"tok/s={rec['tokens_per_s']:.0f}"
         self.n_tokens = 0
         self.bar.set_postfix_str(self.metrics, refresh=False)
         self.bar.update(1)
