@@ -628,7 +628,8 @@ def run_probe_cli(args) -> int:
 
     task = resolve_task("user" if args.data else args.task, args.data, args.scorer)
     if not task.train:
-        raise DataError(f"probe: task {task.name!r} has no training items")
+        raise DataError(f"probe: task {task.name!r} has no training items with demonstrations (an evaluation-only "
+                        f"suite); probe a task that has them, e.g. knowledge or tooluse, or pass --data")
     model, tok, info = load_model(args.model)
     r = probe(model, tok, task, ContextConfig(), limit=args.limit, batch_size=args.batch_size,
               strip_thinking=getattr(args, "strip_thinking", "auto"))
