@@ -583,8 +583,12 @@ def _frontier_rows(results) -> list[list[str]]:
 
 
 def _agg_n(agg: Mapping[str, Any], signed: bool = False) -> str:
+    """Mean [t-interval over seeds] (n=seeds); a retention level (not signed) is clipped to [0, 1]."""
     if agg["n"] == 0:
         return "not reached"
+    if not signed:
+        agg = {**agg, "low": max(0.0, agg["low"]) if not _isnan(agg["low"]) else agg["low"],
+               "high": min(1.0, agg["high"]) if not _isnan(agg["high"]) else agg["high"]}
     return _agg_cell(agg, signed=signed) + f" (n={agg['n']})"
 
 
