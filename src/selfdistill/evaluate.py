@@ -631,8 +631,6 @@ def run_probe_cli(args) -> int:
     from .models import load_model
 
     task = resolve_task("user" if args.data else args.task, args.data, args.scorer)
-    if not task.train:
-        raise DataError(f"probe: task {task.name!r} has no training items")
     model, tok, info = load_model(args.model)
     r = probe(model, tok, task, ContextConfig(), limit=args.limit, batch_size=args.batch_size)
     r["model"] = info.name
