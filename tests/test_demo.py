@@ -84,7 +84,7 @@ def test_demo_stopped_after_two_of_three_methods_reports_what_finished(model_dir
     assert not (out / "results.json").exists()
     assert main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "PARTIAL REPORT" in text and f"{DEMO_METHODS[2]} seed 0: not started" in text
+    assert "PARTIAL REPORT" in text and f"{DEMO_METHODS[2]} seed 0: started, 0 of 1 stages finished" in text
     assert "2 of 3 planned runs" in text and "Probe" in text  # the finished part, probe included
     res = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in res["runs"]] == DEMO_METHODS[:2]

@@ -50,7 +50,8 @@ def test_sweep_grid_resumes_after_a_kill_and_reports_frontiers(model_dir, tmp_pa
     assert not (out / "results.json").exists()
     assert main(["report", str(out)]) == 0  # the stopped sweep: a partial report of the two finished runs
     text = (out / "report.md").read_text()
-    assert "PARTIAL" in text and "sdft@lr=2e-3 seed 0: not started" in text
+    assert "PARTIAL" in text and "sdft@lr=2e-3 seed 0: started, 0 of 1 stages finished" in text
+    assert "sft@lr=2e-3 seed 0: not started" in text
 
     def counting(*a, **k):
         calls["n"] += 1

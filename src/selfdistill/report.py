@@ -583,8 +583,12 @@ def _frontier_rows(results) -> list[list[str]]:
 
 
 def _agg_n(agg: Mapping[str, Any], signed: bool = False) -> str:
+    """Mean [t-interval over seeds] (n=seeds); a retention level (not signed) is clipped to [0, 1]."""
     if agg["n"] == 0:
         return "not reached"
+    if not signed:
+        agg = {**agg, "low": max(0.0, agg["low"]) if not _isnan(agg["low"]) else agg["low"],
+               "high": min(1.0, agg["high"]) if not _isnan(agg["high"]) else agg["high"]}
     return _agg_cell(agg, signed=signed) + f" (n={agg['n']})"
 
 
@@ -954,15 +958,15 @@ def _acquisition_rows(results, groups) -> list[list[str]]:
     methods = [m for m in groups if any(r.get("checkpoints") for r in groups[m])]
     if len(methods) < 2:
         return []
-    ref = "sdft" if "sdft" in methods else methods[0]
+    ref = next((m for m in methods if _family(m) == "sdft"), methods[0])
     stages = sorted({int(p.get("stage", 0)) for m in methods for r in groups[m]
                      for p in (r.get("checkpoints") or [])})
     rows = []
     for st in stages:
         pts = {m: [p for r in groups[m] for p in (r.get("checkpoints") or [])
                    if int(p.get("stage", 0)) == st] for m in methods}
-        for other in methods:
-            if other == ref or not pts[ref] or not pts[other]:
+        for other in methods:  # the reference against the other methods' runs (not its own family's)
+            if _family(other) == _family(ref) or not pts[ref] or not pts[other]:
                 continue
             res = M.acquisition_matched(pts[ref], pts[other])
             if not res["levels"]:
