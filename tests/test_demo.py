@@ -7,18 +7,9 @@ import json
 
 import pytest
 
-from conftest import build_tiny_model
 from selfdistill.cli import main
 from selfdistill.config import ConfigError
 from selfdistill.demo import DEMO_METHODS, parse_seeds
-
-
-@pytest.fixture
-def model_dir(tiny_tok, tmp_path):
-    d = tmp_path / "tiny"
-    build_tiny_model(tiny_tok).save_pretrained(d)
-    tiny_tok.save_pretrained(d)
-    return d
 
 
 def test_demo_quick_end_to_end(model_dir, tmp_path, capsys):

@@ -7,7 +7,6 @@ import json
 import pytest
 
 import selfdistill.train as tr
-from conftest import build_tiny_model
 from selfdistill.cli import main
 from selfdistill.config import ConfigError
 from selfdistill.sweep import method_specs, parse_grid, parse_lrs, sweep_order
@@ -15,14 +14,6 @@ from selfdistill.sweep import method_specs, parse_grid, parse_lrs, sweep_order
 TINY = ["--train.prompts_per_step", "2", "--train.micro_batch_size", "2", "--rollout.max_new_tokens", "4",
         "--optim.warmup_steps", "0", "--log.progress", "false", "--data.max_prompt_tokens", "2048",
         "--data.max_teacher_prompt_tokens", "4096", "--train.max_steps", "2"]
-
-
-@pytest.fixture
-def model_dir(tiny_tok, tmp_path):
-    d = tmp_path / "tiny"
-    build_tiny_model(tiny_tok).save_pretrained(d)
-    tiny_tok.save_pretrained(d)
-    return d
 
 
 def _facts(path, n=4):

@@ -7,21 +7,12 @@ import json
 
 import pytest
 
-from conftest import build_tiny_model
 from selfdistill.cli import main
 from selfdistill.tasks import task_from_spec
 
 TINY = ["--train.prompts_per_step", "2", "--train.micro_batch_size", "2", "--rollout.max_new_tokens", "4",
         "--optim.warmup_steps", "0", "--log.progress", "false", "--data.max_prompt_tokens", "2048",
         "--data.max_teacher_prompt_tokens", "4096"]
-
-
-@pytest.fixture
-def model_dir(tiny_tok, tmp_path):
-    d = tmp_path / "tiny"
-    build_tiny_model(tiny_tok).save_pretrained(d)
-    tiny_tok.save_pretrained(d)
-    return d
 
 
 def _write(path, n, start=0, answer=True):

@@ -268,13 +268,10 @@ def _barrier() -> None:
 
 
 def _fsync_tree(d: Path) -> None:
+    from .checkpoint import _fsync_dir  # opens read-only and fsyncs: works for files and folders alike
+
     for p in sorted(d.rglob("*")) + [d]:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        except OSError:
-            pass
+        _fsync_dir(p)
 
 
 def _app_state(model, optimizer, teacher) -> dict:
