@@ -293,6 +293,30 @@ def test_refuses_existing_run_without_flag(tiny_tok, tmp_path):
     train(cfg(), examples(), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o", overwrite=True)
 
 
+def test_resume_of_a_run_saved_before_a_setting_existed(tiny_tok, tmp_path, capsys):
+    """A run started by an older selfdistill has no entry for a setting added since: left at its default it
+    resumes (with a notice naming it) and equals an uninterrupted run; set to anything else it is refused."""
+    import yaml
+    c = cfg(**{"train.max_steps": 4})
+    full = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), full, tiny_tok, tmp_path / "full")
+    r = train(c, examples(), build_tiny_model(tiny_tok, seed=0), tiny_tok, tmp_path / "old", stop_after=2)
+    assert r.stopped_early
+    saved = tmp_path / "old" / "selfdistill.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["rollout"]["top_k"], old["loss"]["mask_reasoning"]  # as written before these settings existed
+    saved.write_text(yaml.safe_dump(old))
+    with pytest.raises(TrainingError, match=r"different config \(rollout.top_k\)"):
+        train(cfg(**{"train.max_steps": 4, "rollout.top_k": 5}), examples(), build_tiny_model(tiny_tok, seed=0),
+              tiny_tok, tmp_path / "old", resume=True)
+    resumed = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), resumed, tiny_tok, tmp_path / "old", resume=True)
+    assert "predates the settings rollout.top_k, loss.mask_reasoning; resuming with their defaults" in \
+        capsys.readouterr().err
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_in_process_is_bitwise_identical(tiny_tok, tmp_path):
     c = cfg(**{"train.max_steps": 4})
     full = build_tiny_model(tiny_tok, seed=0)

@@ -269,13 +269,32 @@ def _check_output_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> 
                             f"replace it or --resume to continue it")
     if saved.exists():
         import yaml
-        old = yaml.safe_load(saved.read_text())
-        new = to_dict(cfg)
-        diff = [f"{s}.{k}" for s in new if isinstance(new[s], dict) for k in new[s]
-                if s not in ("log",) and (s, k) != ("train", "max_steps") and old.get(s, {}).get(k) != new[s][k]]
+        diff, added = _config_diff(yaml.safe_load(saved.read_text()), to_dict(cfg))
         if diff:
             raise TrainingError(f"{out}: --resume with a different config ({', '.join(diff[:5])}); "
                                 f"use the same settings or a new --output")
+        if added:
+            print(f"[selfdistill] {saved} predates the settings {', '.join(added)}; resuming with their defaults",
+                  file=sys.stderr)
+
+
+def _config_diff(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(settings that differ, settings the saved config lacks). A setting added to selfdistill after the run was
+    started is absent from its saved config; it counts as its default value, so a run started by an older
+    version resumes when the new setting is left at its default (the default keeps the old behaviour)."""
+    defaults = to_dict(Config())
+    diff, added = [], []
+    for s, section in new.items():
+        if not isinstance(section, dict) or s == "log":
+            continue
+        for k, v in section.items():
+            if (s, k) == ("train", "max_steps"):
+                continue
+            if k not in old.get(s, {}):
+                (added if v == defaults[s][k] else diff).append(f"{s}.{k}")
+            elif old[s][k] != v:
+                diff.append(f"{s}.{k}")
+    return diff, added
 
 
 def build_model_for_training(model, cfg: Config):
