@@ -48,6 +48,9 @@ def test_two_stage_sequence_resumes_between_stages(tiny_tok, tmp_path, monkeypat
             assert c["new_task_acc"] == r["matrix"][stage][stage - 1]
             assert c["retention"] == r["retention"][stage]
     assert (tmp_path / "full" / "results.json").exists() and (tmp_path / "full" / "summary.csv").exists()
+    stages = sorted((tmp_path / "full").glob("*/seed0/stage*"))
+    assert len(stages) == 4 and all((d / "model.safetensors").is_file() for d in stages)
+    assert not any((d / "checkpoints").exists() for d in stages)  # resume state is dropped once a stage is done
 
     orig = tr.train
     calls = {"n": 0}
@@ -63,7 +66,10 @@ def test_two_stage_sequence_resumes_between_stages(tiny_tok, tmp_path, monkeypat
     prog = json.loads((tmp_path / "b" / "sdft" / "seed0" / "progress.json").read_text())
     assert len(prog["stages"]) == 1
     monkeypatch.setattr(tr, "train", orig)
-    resumed = _run(tmp_path / "b", tiny_tok, eval_every=1)
+    resumed = _run(tmp_path / "b", tiny_tok, eval_every=1, keep_checkpoints=True)
+    kept = {str(d.relative_to(tmp_path / "b")) for d in (tmp_path / "b").glob("*/seed0/stage*/checkpoints")}
+    assert kept == {"sdft/seed0/stage2/checkpoints", "sft_at_lr-2e-3/seed0/stage1/checkpoints",
+                    "sft_at_lr-2e-3/seed0/stage2/checkpoints"}  # stage 1 of sdft finished without the flag
     for a, b in zip(full["runs"], resumed["runs"]):
         assert a["method"] == b["method"]
         assert a["matrix"] == b["matrix"] and a["retention"] == b["retention"]

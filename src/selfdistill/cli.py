@@ -183,6 +183,10 @@ def cmd_demo(args, extra: list[str]) -> int:
     return run_demo(args, extra)
 
 
+KEEP_HELP = ("keep each finished stage's resume checkpoints (optimizer state, float32 master weights and the EMA "
+             "teacher: 12-16 bytes per weight) beside its trained model; by default they are deleted once the stage is recorded")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="selfdistill", description="Self-Distillation Fine-Tuning (SDFT): learn "
                                  "from demonstrations on-policy, with an SFT/DFT baseline in the same loop.")
@@ -250,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=20, dest="max_steps")
     p.add_argument("--eval-every", type=int, default=0, dest="eval_every")
     p.add_argument("--eval-limit", type=int, default=0, dest="eval_limit")
+    p.add_argument("--keep-checkpoints", action="store_true", dest="keep_checkpoints", help=KEEP_HELP)
 
     p = sub.add_parser("sweep", help="methods x learning rates (x any config key) x seeds on a task or sequence; "
                        "report with each method's frontier of new-task accuracy vs retention",
@@ -272,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-settings", action="store_true", dest="demo_settings",
                    help="start from the demo's settings (32 knowledge facts' budget: 40 steps of 8 prompts, 32 "
                         "new tokens, teacher template paper_no_thinking, ...) before your flags")
+    p.add_argument("--keep-checkpoints", action="store_true", dest="keep_checkpoints", help=KEEP_HELP)
 
     p = sub.add_parser("report", help="write report.md and a self-contained report.html from a run folder "
                        "(a stopped run: the finished part, marked partial)")
@@ -287,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="1",
                    help=SEEDS_HELP + "; each seed of each method is one more training run (~2.5-6 min each on 2 "
                         "CPU cores)")
+    p.add_argument("--keep-checkpoints", action="store_true", dest="keep_checkpoints", help=KEEP_HELP)
 
     p = sub.add_parser("env", help="versions, device, threads, cache paths, default-model status")
     _common_model(p)

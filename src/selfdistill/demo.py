@@ -116,6 +116,7 @@ def run_demo(args, extra: list[str]) -> int:
     results = run_sequence([DEMO_TASK], methods, seeds, out, model_name=args.model, cfg=cfg,
                            eval_every=eval_every, task_kwargs={DEMO_TASK: {"n_train": n_facts}},
                            probe=probe_summary, notes=notes, model=model, tokenizer=tok,
+                           keep_checkpoints=args.keep_checkpoints,
                            title="selfdistill demo: SDFT vs SFT on ISO 4217 codes (SmolLM2-135M-Instruct)")
     print_summary(results)
     el = time.perf_counter() - t0

@@ -112,5 +112,6 @@ def run_sweep_cli(args, extra: list[str]) -> int:
         load_config(args.config, {**overrides, **parse_method(spec)[1]}, preset=args.preset)
     resolve_tasks(specs, {})  # a bad task spec fails before the model loads
     run_sweep(specs, methods, lrs, grid, seeds, args.output, model_name=args.model, cfg=cfg,
-              eval_every=args.eval_every, eval_limit=args.eval_limit, notes=notes)
+              eval_every=args.eval_every, eval_limit=args.eval_limit, notes=notes,
+              keep_checkpoints=args.keep_checkpoints)
     return 0
