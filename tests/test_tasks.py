@@ -347,3 +347,6 @@ def test_knowledge_all_phrasings_same_facts_and_scoring():
 def test_every_eligible_currency_has_an_issuing_country():
     for code, _ in knowledge.candidate_currencies():
         assert knowledge.issuing_country(code)
+    assert knowledge.issuing_country("MGA") == "Madagascar" and knowledge.issuing_country("BSD") == "the Bahamas"
+    with pytest.raises(ValueError, match="no ISO 3166 country for currency code QQX"):
+        knowledge.issuing_country("QQX")

@@ -98,3 +98,16 @@ def make_example(**kw: Any) -> "Example":
     from selfdistill.data import Example
 
     return Example(**kw)
+
+
+def country_name(alpha_2: str, overrides: dict[str, str]) -> str:
+    """The everyday name of ISO 3166 country `alpha_2`: `overrides` where pycountry's name reads badly in a
+    sentence, else pycountry's common name or official name. ValueError for an unknown code."""
+    import pycountry
+
+    if alpha_2 in overrides:
+        return overrides[alpha_2]
+    c = pycountry.countries.get(alpha_2=alpha_2)
+    if c is None:
+        raise ValueError(f"unknown ISO 3166 country code {alpha_2!r}")
+    return getattr(c, "common_name", None) or c.name

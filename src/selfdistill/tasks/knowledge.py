@@ -41,7 +41,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from selfdistill.tasks.base import Task, make_example
+from selfdistill.tasks.base import Task, country_name, make_example
 from selfdistill.tasks.scorers import contains_word, currency_code_match
 
 SOURCE_AND_LICENSE = ("ISO 4217 currency names/codes from the pycountry package (LGPL-2.1-only), data from Debian "
@@ -108,15 +108,10 @@ def fact(code: str, name: str) -> str:
 
 def issuing_country(code: str) -> str:
     """The country that issues `code`: the ISO 3166 country of its first two letters (ISO 4217's rule)."""
-    import pycountry
-
-    alpha2 = code[:2]
-    if alpha2 in COUNTRY_NAMES:
-        return COUNTRY_NAMES[alpha2]
-    c = pycountry.countries.get(alpha_2=alpha2)
-    if c is None:
-        raise ValueError(f"no ISO 3166 country for currency code {code}")
-    return getattr(c, "common_name", None) or c.name
+    try:
+        return country_name(code[:2], COUNTRY_NAMES)
+    except ValueError:
+        raise ValueError(f"no ISO 3166 country for currency code {code}") from None
 
 
 def make_item(code: str, name: str, phrasing: str) -> Any:

@@ -32,7 +32,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable
 
-from selfdistill.tasks.base import Task, make_example
+from selfdistill.tasks.base import Task, country_name, make_example
 from selfdistill.tasks.scorers import exact_match
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -197,17 +197,6 @@ IF_ITEMS: list[tuple[str, str, list[str], list[dict[str, Any]], str]] = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def country_name(alpha_2: str) -> str:
-    import pycountry
-
-    if alpha_2 in NAME_OVERRIDES:
-        return NAME_OVERRIDES[alpha_2]
-    c = pycountry.countries.get(alpha_2=alpha_2)
-    if c is None:
-        raise ValueError(f"unknown ISO 3166 code {alpha_2}")
-    return getattr(c, "common_name", None) or c.name
-
-
 def _mc_record(rid: str, category: str, prompt: str, correct: str, wrong: list[str],
                rng: random.Random) -> dict[str, Any]:
     choices = [correct, *wrong]
@@ -223,7 +212,7 @@ def build_retention_records(seed: int = SEED) -> list[dict[str, Any]]:
     caps = [c for _, c in CAPITALS]
     for code, capital in CAPITALS:
         wrong = rng.sample([c for c in caps if c != capital], 3)
-        prompt = f"What is the capital of {country_name(code)}?{CAPITAL_SUFFIX}"
+        prompt = f"What is the capital of {country_name(code, NAME_OVERRIDES)}?{CAPITAL_SUFFIX}"
         out.append(_mc_record(f"capital-{code}", "capital", prompt, capital, wrong, rng))
     for a in range(1, 10):
         for b in range(a, 10):
