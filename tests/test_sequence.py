@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
 import selfdistill.train as tr
 from conftest import build_tiny_model
 from selfdistill.config import load_config
-from selfdistill.sequence import parse_method, run_sequence
+from selfdistill.sequence import RUN_LOCK, claim_run, parse_method, release_run, run_sequence
 
 TASKS = ["knowledge", "tooluse"]
 KW = {"knowledge": {"n_train": 4}, "tooluse": {"n_train": 4, "n_test": 4}}
@@ -94,3 +98,42 @@ def test_also_eval_is_recorded_per_stage_and_equals_a_direct_evaluation(tiny_tok
     final, _, _ = load_model(str(tmp_path / "sft_at_lr-2e-3" / "seed0" / "stage1"))
     direct = evaluate_task(final, tiny_tok, also, "test", 4, 8)["accuracy"]
     assert 0.0 < direct < 1.0 and rec["accuracy"][1] == direct
+
+
+def test_claim_run_is_exclusive_until_released(tmp_path):
+    assert claim_run(tmp_path) is None
+    held = json.loads((tmp_path / RUN_LOCK).read_text())
+    assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+    assert claim_run(tmp_path).startswith(f"pid {os.getpid()} on {socket.gethostname()}")  # a second claimant
+    release_run(tmp_path)
+    assert claim_run(tmp_path) is None
+
+
+def test_runs_held_by_a_live_process_are_skipped_and_a_dead_holder_is_taken_over(tiny_tok, tmp_path, capsys):
+    """The same command started twice on one folder: each (method, seed) run is trained by one process only."""
+    out = tmp_path / "s"
+    methods = ["sft@lr=2e-3", "sft@lr=1e-3"]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        for name, pid in (("sft_at_lr-2e-3", sleeper.pid), ("sft_at_lr-1e-3", dead.pid)):
+            (out / name / "seed0").mkdir(parents=True)
+            (out / name / "seed0" / RUN_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+        res = run_sequence(["knowledge"], methods, 1, out, cfg=_cfg(), model=build_tiny_model(tiny_tok),
+                           tokenizer=tiny_tok, eval_limit=4, task_kwargs=KW, write_report=False, batch_size=8,
+                           drift=False, retention_kwargs={"filter_ids": ["capital-FR", "capital-DE"]})
+        err = capsys.readouterr().err
+        assert f"run 1/2: sft@lr=2e-3 seed 0: skipped, pid {sleeper.pid} on {socket.gethostname()}" in err
+        assert f"pid {dead.pid} is gone; taking its run over" in err
+        assert [r["method"] for r in res["runs"]] == ["sft@lr=1e-3"]
+        assert not (out / "sft_at_lr-2e-3" / "seed0" / "progress.json").exists()
+        assert (out / "sft_at_lr-2e-3" / "seed0" / RUN_LOCK).exists()  # not ours: left alone
+        assert not (out / "sft_at_lr-1e-3" / "seed0" / RUN_LOCK).exists()  # ours: released when the run ended
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    res = run_sequence(["knowledge"], methods, 1, out, cfg=_cfg(), model=build_tiny_model(tiny_tok),
+                       tokenizer=tiny_tok, eval_limit=4, task_kwargs=KW, write_report=False, batch_size=8,
+                       drift=False, retention_kwargs={"filter_ids": ["capital-FR", "capital-DE"]})
+    assert [r["method"] for r in res["runs"]] == methods

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import shutil
+import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +134,133 @@ def parse_seeds(text: str | int | None, flag: str = "--seeds") -> list[int]:
 
 
 def drop_resume_checkpoints(stage_dir: Path) -> None:
-    """Delete a finished stage's resume checkpoints. They hold the AdamW state, float32 master weights and,
-    for SDFT, the EMA teacher (12-16 bytes per weight: 2.2 GB for a 135M SDFT run, about 110 GB at 7B) and only serve to resume the stage; the
-    trained model is saved in `stage_dir` itself and the stage is recorded in progress.json first."""
+    """Delete a finished stage's resume checkpoints. They hold the AdamW state, float32 master weights and, for
+    SDFT, the EMA teacher (12-16 bytes per weight: 2.2 GB for a 135M SDFT run, about 110 GB at 7B) and only serve
+    to resume the stage; the trained model is saved in `stage_dir` itself and the stage is recorded in
+    progress.json first."""
     ckpt_dir = stage_dir / "checkpoints"
     if ckpt_dir.is_dir():
         shutil.rmtree(ckpt_dir)
+
+
+@dataclass
+class _Stages:
+    """What every stage of every run of a sequence shares: the tasks, the base model, what to evaluate and how."""
+    cfg: Config
+    tasks: list
+    task_specs: list
+    tokenizer: Any
+    base_model: Any
+    retention: Any
+    also_eval: dict
+    eval_every: int
+    eval_limit: int
+    batch_size: int
+    drift: bool
+    drift_prompts: int
+    keep_checkpoints: bool
+
+
+def _run_stages(st: _Stages, spec: str, seed: int, run_dir: Path, prog: dict, prog_path: Path, label: str) -> None:
+    """The unfinished stages of one (method, seed) run, from the last finished stage's weights (or the base
+    model); each is recorded in progress.json as soon as it is evaluated."""
+    from .models import load_model
+
+    current = None
+    if prog["stages"]:
+        current, _, _ = load_model(str(run_dir / f"stage{len(prog['stages'])}"), dtype=st.cfg.model.dtype)
+    for i in range(len(prog["stages"]) + 1, len(st.tasks) + 1):
+        model_i = current if current is not None else copy.deepcopy(st.base_model).train()
+        current, record, ckpts = _train_stage(st, spec, seed, i, model_i, run_dir / f"stage{i}", label)
+        prog["stages"].append(record)
+        prog["checkpoints"] += ckpts
+        prog_path.write_text(json.dumps(prog, indent=1))
+        if not st.keep_checkpoints:
+            drop_resume_checkpoints(run_dir / f"stage{i}")
+
+
+def _train_stage(st: _Stages, spec: str, seed: int, i: int, model, stage_dir: Path,
+                 label: str) -> tuple[Any, dict, list[dict]]:
+    """Train stage i (on tasks[i-1]) from `model`, resuming the stage's checkpoint if there is one, then evaluate
+    every task. Returns (trained model, the stage's progress record, its checkpoints' evaluations)."""
+    task = st.tasks[i - 1]
+    stage_cfg = load_config(overrides={**_flatten(_run_settings(st.cfg)), **parse_method(spec)[1],
+                                       "train.seed": seed, "data.path": _data_path(st.task_specs, i - 1, task)},
+                            preset=st.cfg.preset)
+    stage_cfg.deviations = list(st.cfg.deviations)
+    resume = (stage_dir / "checkpoints").exists()
+    last_step = stage_cfg.train.max_steps
+    ckpts: list[dict] = []
+
+    def on_step(step, m):
+        if step == last_step:  # the end-of-stage evaluation below is this checkpoint's: not twice
+            return None
+        r = evaluate_stage(m, st.tokenizer, st.base_model, [task], st.retention, st.eval_limit, st.batch_size, False)
+        rec = {"stage": i, "step": step, "new_task_acc": r["tasks"][task.name]["accuracy"],
+               "retention": r["retention"]["accuracy"]}
+        ckpts.append(rec)
+        return {"eval_new_task_acc": rec["new_task_acc"], "eval_retention": rec["retention"]}
+    print(f"[selfdistill] {label}: stage {i}/{len(st.tasks)} — training on {task.name} ({len(task.train)} "
+          f"demonstrations, {last_step} steps)", file=sys.stderr)
+    t0 = time.perf_counter()
+    res = train_mod.train(stage_cfg, task.train, model, st.tokenizer, stage_dir, resume=resume, overwrite=not resume,
+                          on_step=on_step if st.eval_every else None, eval_every=st.eval_every)
+    train_s = time.perf_counter() - t0
+    if res.stopped_early:  # Ctrl-C / SIGTERM: the stage's checkpoint is saved; rerun to resume
+        raise SystemExit(f"[selfdistill] stopped during {spec} seed {seed} stage {i}; rerun the same command to "
+                         f"resume from its checkpoint")
+    ev = evaluate_stage(res.model, st.tokenizer, st.base_model, st.tasks, st.retention, st.eval_limit,
+                        st.batch_size, st.drift, st.drift_prompts, st.also_eval)
+    if st.eval_every:  # the last checkpoint is the trained model: its numbers are the stage's evaluation
+        ckpts.append({"stage": i, "step": last_step, "new_task_acc": ev["tasks"][task.name]["accuracy"],
+                      "retention": ev["retention"]["accuracy"]})
+    curves = [{"stage": i, "step": m["step"], "loss": m.get("loss"),
+               **{k: m[k] for k in ("forward_kl", "reverse_kl", "jsd", "sft_nll", "completion_len") if k in m}}
+              for m in res.metrics]
+    record = {"task": task.name, "eval": ev, "train_seconds": train_s, "curves": curves, "config": to_dict(stage_cfg)}
+    return res.model, record, ckpts
+
+
+RUN_LOCK = "RUNNING"
+
+
+def claim_run(run_dir: Path) -> str | None:
+    """Take a (method, seed) run for this process by creating run_dir/RUNNING exclusively (host, pid). Returns None
+    when taken, else who holds it. A file left by a process that died on this host is taken over (with a
+    notice); one from another host is respected until deleted by hand."""
+    path = run_dir / RUN_LOCK
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text())
+            except (OSError, ValueError):  # being written by its owner right now
+                held = {}
+            if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
+                print(f"[selfdistill] {path}: pid {held['pid']} is gone; taking its run over", file=sys.stderr)
+                path.unlink(missing_ok=True)
+                continue
+            return f"pid {held.get('pid', '?')} on {held.get('host', '?')} (since {held.get('since', '?')})"
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return None
+    return "another process"
+
+
+def release_run(run_dir: Path) -> None:
+    (run_dir / RUN_LOCK).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def run_dir_name(spec: str) -> str:
@@ -157,8 +281,10 @@ def run_sequence(task_specs: list, methods: list[str], seeds: int | list[int], o
     still works for built-in names). `also_eval` ({label: Task}): tasks evaluated at the base and after every
     stage but never trained on (the other knowledge phrasings are added automatically); they appear in results
     as `also` and in the report's "Also evaluated" table. `extra_results`: keys merged into results.json.
-    `order`: the (method, seed) pairs in the order to run them (default: method by method). A finished stage's
-    resume checkpoints are deleted (its trained model stays in stage<i>/) unless `keep_checkpoints`."""
+    `order`: the (method, seed) pairs in the order to run them (default: method by method). A run another process
+    holds (:func:`claim_run`) is skipped, so the same command started several times on one folder shares the runs
+    out. A finished stage's resume checkpoints are deleted (its trained model stays in stage<i>/) unless
+    `keep_checkpoints`."""
     from .models import load_model
     from .tasks import get_task
 
@@ -187,64 +313,26 @@ def run_sequence(task_specs: list, methods: list[str], seeds: int | list[int], o
         base_eval = evaluate_stage(base_model, tokenizer, base_model, tasks, retention, eval_limit, batch_size, False,
                                    also_eval=also_eval)
         base_path.write_text(json.dumps(base_eval, indent=1))
+    st = _Stages(cfg, tasks, task_specs, tokenizer, base_model, retention, also_eval, eval_every, eval_limit,
+                 batch_size, drift, drift_prompts, keep_checkpoints)
     runs = []
     pairs = order or [(m, k) for m in methods for k in seed_list]
     for n_run, (spec, seed) in enumerate(pairs, start=1):
-        _, ov = parse_method(spec)
         run_dir = out / run_dir_name(spec) / f"seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
         prog_path = run_dir / "progress.json"
         prog = json.loads(prog_path.read_text()) if prog_path.exists() else {"stages": [], "checkpoints": []}
-        current = None
-        if prog["stages"] and len(prog["stages"]) < len(tasks):  # resume from the last finished stage's weights
-            current, _, _ = load_model(str(run_dir / f"stage{len(prog['stages'])}"), dtype=cfg.model.dtype)
-        for i, task in enumerate(tasks, start=1):
-            if i <= len(prog["stages"]):
+        label = f"run {n_run}/{len(pairs)}: {spec} seed {seed}"
+        if len(prog["stages"]) < len(tasks):
+            holder = claim_run(run_dir)
+            if holder:  # another process (the same command started twice, another machine) is running it
+                print(f"[selfdistill] {label}: skipped, {holder} is running it ({run_dir / RUN_LOCK}; delete that "
+                      f"file if that process is gone)", file=sys.stderr)
                 continue
-            model_i = current if current is not None else copy.deepcopy(base_model).train()
-            stage_cfg = load_config(overrides={**_flatten(_run_settings(cfg)), **ov, "train.seed": seed,
-                                               "data.path": _data_path(task_specs, i - 1, task)},
-                                    preset=cfg.preset)
-            stage_cfg.deviations = list(cfg.deviations)
-            stage_dir = run_dir / f"stage{i}"
-            resume = (stage_dir / "checkpoints").exists()
-            ckpts: list[dict] = []
-
-            last_step = stage_cfg.train.max_steps
-
-            def on_step(step, m, _task=task, _i=i):
-                if step == last_step:  # the end-of-stage evaluation below is this checkpoint's: not twice
-                    return None
-                r = evaluate_stage(m, tokenizer, base_model, [_task], retention, eval_limit, batch_size, False)
-                rec = {"stage": _i, "step": step, "new_task_acc": r["tasks"][_task.name]["accuracy"],
-                       "retention": r["retention"]["accuracy"]}
-                ckpts.append(rec)
-                return {"eval_new_task_acc": rec["new_task_acc"], "eval_retention": rec["retention"]}
-            print(f"[selfdistill] run {n_run}/{len(pairs)}: {spec} seed {seed}: stage {i}/{len(tasks)} — training on "
-                  f"{task.name} ({len(task.train)} demonstrations, {stage_cfg.train.max_steps} steps)", file=sys.stderr)
-            t0 = time.perf_counter()
-            res = train_mod.train(
-                stage_cfg, task.train, model_i, tokenizer, stage_dir, resume=resume, overwrite=not resume,
-                on_step=on_step if eval_every else None, eval_every=eval_every)
-            train_s = time.perf_counter() - t0
-            if res.stopped_early:  # Ctrl-C / SIGTERM: the stage's checkpoint is saved; rerun to resume
-                raise SystemExit(f"[selfdistill] stopped during {spec} seed {seed} stage {i}; rerun the same "
-                                 f"command to resume from its checkpoint")
-            current = res.model
-            ev = evaluate_stage(current, tokenizer, base_model, tasks, retention, eval_limit, batch_size, drift,
-                                drift_prompts, also_eval)
-            if eval_every:  # the last checkpoint is the trained model: its numbers are the stage's evaluation
-                ckpts.append({"stage": i, "step": last_step, "new_task_acc": ev["tasks"][task.name]["accuracy"],
-                              "retention": ev["retention"]["accuracy"]})
-            curves = [{"stage": i, "step": m["step"], "loss": m.get("loss"),
-                       **{k: m[k] for k in ("forward_kl", "reverse_kl", "jsd", "sft_nll", "completion_len")
-                          if k in m}} for m in res.metrics]
-            prog["stages"].append({"task": task.name, "eval": ev, "train_seconds": train_s, "curves": curves,
-                                   "config": to_dict(stage_cfg)})
-            prog["checkpoints"] += ckpts
-            prog_path.write_text(json.dumps(prog, indent=1))
-            if not keep_checkpoints:
-                drop_resume_checkpoints(stage_dir)
+            try:
+                _run_stages(st, spec, seed, run_dir, prog, prog_path, label)
+            finally:
+                release_run(run_dir)
         runs.append(_run_record(spec, seed, task_names, base_eval, prog))
     results = {"title": title, "model": model_name, "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
                "config": to_dict(cfg), "tasks": task_names, "retention_name": "retention (all items)",
