@@ -282,3 +282,38 @@ def test_frontier_table_reads_per_seed_frontiers_of_every_learning_rate(tmp_path
              for k in (0, 1)]
     want = M.aggregate_seeds(diffs)
     assert rows[0].split(" | ")[5].startswith(f"{want['mean']:+.3f} [{want['low']:.3f}, {want['high']:.3f}]")
+
+
+def test_frontier_comparisons_pair_families_with_the_same_settings_each_over_its_own_range(tmp_path):
+    from selfdistill.report import _comparison_pairs
+    assert _comparison_pairs(["sdft", "sft", "sdft@model.lora=true", "sft@model.lora=true", "dft@model.lora=true"]) \
+        == [("sdft", "sft"), ("sdft@model.lora=true", "sft@model.lora=true"),
+            ("sdft@model.lora=true", "dft@model.lora=true")]
+    assert _comparison_pairs(["sdft", "sft@model.lora=true"]) == [("sdft", "sft@model.lora=true")]
+    assert _comparison_pairs(["sft", "dft"]) == [("sft", "dft")]
+    rng = np.random.default_rng(7)
+    runs = []
+    for method in ("sdft", "sft"):
+        for lora, reach in ((False, 1.0), (True, 0.5)):  # the LoRA runs reach half the accuracy gain
+            for seed in (0, 1):
+                r = _run(method, seed, rng, tasks=1)
+                r["method"] = f"{method}@lr=1e-3" + (",model.lora=true" if lora else "")
+                base = r["matrix"][0][0]
+                r["matrix"][1][0] = base + reach * (r["matrix"][1][0] - base)
+                for c in r["checkpoints"]:
+                    c["new_task_acc"] = base + reach * (c["new_task_acc"] - base)
+                runs.append(r)
+    (tmp_path / "results.json").write_text(json.dumps({**_results(tasks=1), "runs": runs}))
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    full = [ln.split(" | ") for ln in text.splitlines() if ln.startswith("| 1 | A=sdft, B=sft |")]
+    lora = [ln.split(" | ") for ln in text.splitlines()
+            if ln.startswith("| 1 | A=sdft@model.lora=true, B=sft@model.lora=true |")]
+    assert len(full) == len(lora) == 5 and "A=sdft, B=sdft@model.lora=true" not in text
+
+    def top(prefix):  # the highest accuracy a family reached, over seeds: the pair's range ends at the lower one
+        return max(max([r["matrix"][1][0]] + [c["new_task_acc"] for c in r["checkpoints"]])
+                   for r in runs if r["method"].startswith(prefix[0] + "@") and
+                   ("model.lora" in r["method"]) == prefix[1])
+    assert float(full[-1][2]) == pytest.approx(min(top(("sdft", False)), top(("sft", False))), abs=5e-4)
+    assert float(lora[-1][2]) == pytest.approx(min(top(("sdft", True)), top(("sft", True))), abs=5e-4)

@@ -567,12 +567,8 @@ def _frontier_rows(results) -> list[list[str]]:
         if len(fams) < 2:
             continue
         base = _base_point(results, s)
-        levels = _frontier_levels(fams, base[0] if base else 0.0)
-        names = list(fams)
-        ref = "sdft" if "sdft" in names else names[0]
-        for other in names:
-            if other == ref:
-                continue
+        for ref, other in _comparison_pairs(list(fams)):
+            levels = _frontier_levels({ref: fams[ref], other: fams[other]}, base[0] if base else 0.0)
             if not levels:
                 rows.append([str(s), f"A={ref}, B={other}", "no accuracy above the base reached by both",
                              "", "", ""])
@@ -580,6 +576,23 @@ def _frontier_rows(results) -> list[list[str]]:
                 rows.append([str(s), f"A={ref}, B={other}", _f(r["level"]), _agg_n(r["a"]), _agg_n(r["b"]),
                              _agg_n(r["diff"], signed=True)])
     return rows
+
+
+def _comparison_pairs(families: list[str]) -> list[tuple[str, str]]:
+    """(A, B) pairs of the acquisition-matched table: every other family against the SDFT family with the same
+    settings (sft@model.lora=true against sdft@model.lora=true), else against plain sdft, else against the first
+    family. Each pair is read over the accuracy range both of its families reached."""
+    pairs = []
+    for fam in families:
+        method, _, settings = fam.partition("@")
+        if method == "sdft":
+            continue
+        ref = "sdft" + ("@" + settings if settings else "")
+        if ref not in families:
+            ref = "sdft" if "sdft" in families else families[0]
+        if ref != fam:
+            pairs.append((ref, fam))
+    return pairs
 
 
 def _agg_n(agg: Mapping[str, Any], signed: bool = False) -> str:
