@@ -13,7 +13,7 @@ import pytest
 import selfdistill.train as tr
 from conftest import build_tiny_model
 from selfdistill.config import load_config
-from selfdistill.sequence import RUN_LOCK, claim_run, parse_method, release_run, run_sequence
+from selfdistill.sequence import RUN_LOCK, claim_run, collect_results, parse_method, release_run, run_sequence
 
 TASKS = ["knowledge", "tooluse"]
 KW = {"knowledge": {"n_train": 4}, "tooluse": {"n_train": 4, "n_test": 4}}
@@ -130,6 +130,9 @@ def test_runs_held_by_a_live_process_are_skipped_and_a_dead_holder_is_taken_over
         assert not (out / "sft_at_lr-2e-3" / "seed0" / "progress.json").exists()
         assert (out / "sft_at_lr-2e-3" / "seed0" / RUN_LOCK).exists()  # not ours: left alone
         assert not (out / "sft_at_lr-1e-3" / "seed0" / RUN_LOCK).exists()  # ours: released when the run ended
+        assert collect_results(out)["partial"]["missing"] == [
+            f"sft@lr=2e-3 seed 0: started, 0 of 1 stages finished, running now: pid {sleeper.pid} on "
+            f"{socket.gethostname()} (since ?)"]
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -995,10 +995,10 @@ def _partial_blocks(results: Mapping[str, Any]) -> list[tuple]:
     part = results.get("partial")
     if not part:
         return []
-    return [("h2", "PARTIAL REPORT: the run stopped before it finished"),
+    return [("h2", "PARTIAL REPORT: not every planned run has finished (stopped, or still running)"),
             ("p", f"{part['n_reported']} of {part['n_planned']} planned runs have at least one finished stage and "
              "are reported below (a run's unfinished stages are left out). Missing: rerun the same command to "
-             "resume; it skips everything finished."),
+             "resume; it skips everything finished and every run another process is running."),
             ("ul", list(part["missing"]) or ["nothing"])]
 
 

@@ -249,6 +249,15 @@ def claim_run(run_dir: Path) -> str | None:
     return "another process"
 
 
+def _holder(run_dir: Path) -> str:
+    """', running now: pid P on HOST (since T)' while a process holds the run, else ''."""
+    try:
+        held = json.loads((run_dir / RUN_LOCK).read_text())
+    except (OSError, ValueError):
+        return ""
+    return f", running now: pid {held.get('pid', '?')} on {held.get('host', '?')} (since {held.get('since', '?')})"
+
+
 def release_run(run_dir: Path) -> None:
     (run_dir / RUN_LOCK).unlink(missing_ok=True)
 
@@ -413,7 +422,7 @@ def collect_results(out: str | Path) -> dict:
             done = len(prog["stages"])
             if done < len(plan["tasks"]):
                 missing.append(f"{spec} seed {seed}: " + ("not started" if not run_dir.exists() else
-                               f"started, {done} of {len(plan['tasks'])} stages finished"))
+                               f"started, {done} of {len(plan['tasks'])} stages finished") + _holder(run_dir))
             if done:
                 runs.append(_run_record(spec, seed, plan["tasks"], base_eval, prog))
     return {"title": plan["title"], "model": plan["model"], "machine": extra.get("machine", _machine()),
