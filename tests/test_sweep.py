@@ -79,3 +79,13 @@ def test_sweep_values_that_do_not_parse_name_the_flag(fn, arg, flag):
     msg = str(e.value)
     assert flag in msg and "\n" not in msg
     assert parse_grid(["model.lora=true,false"]) == {"model.lora": ["true", "false"]}
+
+
+def test_a_second_command_on_the_folder_extends_the_recorded_sweep(tmp_path):
+    from selfdistill.sweep import _merged_sweep
+    first = {"methods": ["sdft", "sft"], "lrs": ["1e-4", "3e-4"], "grid": {}, "seeds": [0, 1]}
+    assert _merged_sweep(str(tmp_path), first) == first  # nothing recorded yet
+    (tmp_path / "results_extra.json").write_text(json.dumps({"config": {}, "sweep": first}))
+    lora = {"methods": ["sdft", "sft"], "lrs": ["1e-3", "3e-4"], "grid": {"model.lora": ["true"]}, "seeds": [0, 1]}
+    assert _merged_sweep(str(tmp_path), lora) == {"methods": ["sdft", "sft"], "lrs": ["1e-4", "3e-4", "1e-3"],
+                                                  "grid": {"model.lora": ["true"]}, "seeds": [0, 1]}

@@ -85,9 +85,28 @@ def run_sweep(task_specs: list, methods: list[str], lrs: list[str], grid: dict[s
     title = kw.pop("title", None) or "selfdistill sweep: methods x learning rates x seeds, frontiers"
     print(f"[selfdistill sweep] {len(specs)} settings x {len(seeds)} seeds = {len(specs) * len(seeds)} runs",
           file=sys.stderr)
-    sweep = {"methods": methods, "lrs": lrs, "grid": grid, "seeds": seeds}
+    sweep = _merged_sweep(output, {"methods": methods, "lrs": lrs, "grid": grid, "seeds": seeds})
     return run_sequence(task_specs, specs, seeds, output, title=title, order=sweep_order(specs, seeds),
                         extra_results={"sweep": sweep}, **kw)
+
+
+def _merged_sweep(output: str, sweep: dict) -> dict:
+    """This command's axes joined to those an earlier command (or another process) recorded in the same folder,
+    as plan.json joins their runs: results.json then describes every run the folder holds."""
+    import json
+    from pathlib import Path
+
+    path = Path(output) / "results_extra.json"
+    old = json.loads(path.read_text()).get("sweep") if path.exists() else None
+    if not old:
+        return sweep
+
+    def union(a, b):
+        return list(dict.fromkeys([*a, *b]))
+    grid = {k: union(old.get("grid", {}).get(k, []), sweep["grid"].get(k, []))
+            for k in union(old.get("grid", {}), sweep["grid"])}
+    return {"methods": union(old["methods"], sweep["methods"]), "lrs": union(old["lrs"], sweep["lrs"]),
+            "grid": grid, "seeds": union(old["seeds"], sweep["seeds"])}
 
 
 def run_sweep_cli(args, extra: list[str]) -> int:
