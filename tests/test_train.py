@@ -18,7 +18,7 @@ from selfdistill import losses
 from selfdistill.checkpoint import CheckpointError, latest_checkpoint
 from selfdistill.config import load_config
 from selfdistill.data import Example
-from selfdistill.train import TrainingError, train
+from selfdistill.train import StopFlag, TrainingError, train
 
 HERE = Path(__file__).parent
 
@@ -390,12 +390,27 @@ def test_sigterm_saves_the_last_finished_step_and_says_how_to_resume(tmp_path):
     while not (tmp_path / "o" / "metrics.jsonl").read_text().strip():
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)  # the same stop twice, as a scheduler and torchrun both deliver it
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "--resume" in err and json.loads(out.strip().splitlines()[-1])["stopped_early"]
     ck = latest_checkpoint(tmp_path / "o" / "checkpoints")
     steps = len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines())
     assert ck is not None and ck.name == f"step-{steps:06d}"
+
+
+def test_stop_flag_a_repeat_within_a_second_is_the_same_stop_and_a_later_one_stops_at_once():
+    now = [100.0]
+    flag = StopFlag(clock=lambda: now[0])
+    assert not flag.is_set()
+    flag(signal.SIGTERM, None)
+    assert flag.is_set() and flag.signal == "SIGTERM"
+    now[0] += 0.05
+    flag(signal.SIGTERM, None)  # forwarded copy of the same stop: no exception
+    now[0] += StopFlag.REPEAT_S
+    with pytest.raises(KeyboardInterrupt):
+        flag(signal.SIGINT, None)
 
 
 def test_nonfinite_loss_stops_with_step_or_is_skipped(tiny_tok, tmp_path, monkeypatch):

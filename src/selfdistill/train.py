@@ -226,17 +226,26 @@ class StepAborted(Exception):
 
 class StopFlag:
     """SIGINT/SIGTERM handler: the first signal asks for a stop (the unfinished step is abandoned and the last
-    finished step is checkpointed, within seconds); a second one stops at once."""
+    finished step is checkpointed, within seconds); a second one at least `REPEAT_S` later stops at once. Signals
+    within `REPEAT_S` of the first are one stop delivered twice: a cluster scheduler signals every process of a
+    job and torchrun forwards its own signal to its workers too, so each worker gets two SIGTERMs milliseconds
+    apart, and treating the second as "stop at once" would lose the checkpoint."""
 
-    def __init__(self):
+    REPEAT_S = 1.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.signal = None
+        self._clock = clock
+        self._first_at = 0.0
 
     def __call__(self, signum, frame):
-        if self.signal is not None:
+        now = self._clock()
+        if self.signal is None:
+            self.signal, self._first_at = signal.Signals(signum).name, now
+            print(f"\n[selfdistill] {self.signal}: abandoning the current step, saving the last finished one ...",
+                  file=sys.stderr)
+        elif now - self._first_at >= self.REPEAT_S:
             raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        print(f"\n[selfdistill] {self.signal}: abandoning the current step, saving the last finished one ...",
-              file=sys.stderr)
 
     def is_set(self) -> bool:
         return self.signal is not None
@@ -714,7 +723,8 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
         progress.close()
         log.close()
     if stopped_early:
-        _save_on_stop(run)
+        with stop.installed():  # a copy of the same stop arriving during the write must not kill it (StopFlag)
+            _save_on_stop(run)
     else:
         save(run)
         if run.strategy == "fsdp":  # a collective: the full weights gathered to rank 0, which writes them
