@@ -23,7 +23,7 @@ def _facts(path, n=4):
     return path
 
 
-def test_sweep_grid_resumes_after_a_kill_and_reports_frontiers(model_dir, tmp_path, monkeypatch):
+def test_sweep_grid_resumes_after_a_kill_and_reports_frontiers(model_dir, tmp_path, monkeypatch, capsys):
     data = _facts(tmp_path / "facts.jsonl")
     out = tmp_path / "sweep"
     argv = ["sweep", "--task", f"{data}@scorer=contains_word", "--methods", "sdft,sft", "--lrs", "1e-3,2e-3",
@@ -39,6 +39,7 @@ def test_sweep_grid_resumes_after_a_kill_and_reports_frontiers(model_dir, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         main(argv)
     assert not (out / "results.json").exists()
+    assert "facts: no test= or split= given, so it is evaluated on its 4 training records" in capsys.readouterr().err
     assert main(["report", str(out)]) == 0  # the stopped sweep: a partial report of the two finished runs
     text = (out / "report.md").read_text()
     assert "PARTIAL" in text and "sdft@lr=2e-3 seed 0: started, 0 of 1 stages finished" in text

@@ -311,6 +311,11 @@ def run_sequence(task_specs: list, methods: list[str], seeds: int | list[int], o
         model, tokenizer, _ = load_model(model_name, dtype=cfg.model.dtype)
     base_model = copy.deepcopy(model).eval()
     notes = list(notes or []) + [t.description for t in tasks if t.info.get("whole_file")]
+    for t in tasks:
+        if t.info.get("whole_file"):
+            print(f"[selfdistill] {t.name}: no test= or split= given, so it is evaluated on its {len(t.test)} training "
+                  f"records (recall of what was trained, not generalisation); FILE@split=0.2 or FILE@test=TEST "
+                  f"holds records out", file=sys.stderr)
     (out / "results_extra.json").write_text(json.dumps({"config": to_dict(cfg), "notes": notes, "machine": _machine(),
                                                         **({"probe": probe} if probe else {}),
                                                         **(extra_results or {})}, indent=1, default=str))
