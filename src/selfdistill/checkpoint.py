@@ -67,6 +67,16 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def publish(tmp: Path, final: Path) -> None:
+    """Put the complete, synced folder `tmp` in place of `final` (one rename) and make the rename durable by syncing
+    the parent folder. Until the rename, a crash leaves the previous `final` (or none) and a `.tmp` folder that is
+    never loaded."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
 def save_checkpoint(root: Path, step: int, *, model, teacher_state: dict, optimizer, scheduler,
                     trainer_state: dict, keep_last: int = 2) -> Path:
     root.mkdir(parents=True, exist_ok=True)
@@ -87,10 +97,7 @@ def save_checkpoint(root: Path, step: int, *, model, teacher_state: dict, optimi
                 os.fsync(f.fileno())
         _write_bytes(tmp / MARKER, lambda f: f.write(b"ok\n"))
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        publish(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: saving the checkpoint failed ({e.strerror or e}); "

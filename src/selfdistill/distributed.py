@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import MARKER, CheckpointError, list_checkpoints
+from .checkpoint import MARKER, CheckpointError, list_checkpoints, publish
 from .config import ConfigError
 
 class DistributedConfigError(ConfigError):
@@ -311,10 +310,7 @@ def save_sharded_checkpoint(root: Path, step: int, *, model, optimizer, teacher,
         try:
             (tmp / MARKER).write_text("ok\n")
             _fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_tree(root)
+            publish(tmp, final)
         except OSError as e:
             error = e
     _fail_together(error, final, tmp)
