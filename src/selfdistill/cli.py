@@ -184,7 +184,8 @@ def cmd_demo(args, extra: list[str]) -> int:
 
 
 KEEP_HELP = ("keep each finished stage's resume checkpoints (optimizer state, float32 master weights and the EMA "
-             "teacher: 12-16 bytes per weight) beside its trained model; by default they are deleted once the stage is recorded")
+             "teacher: 12-16 bytes per weight) beside its trained model; by default they are deleted once the stage "
+             "is recorded")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -234,28 +234,34 @@ def claim_run(run_dir: Path) -> str | None:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                held = json.loads(path.read_text())
-            except (OSError, ValueError):  # being written by its owner right now
-                held = {}
+            held = _read_claim(run_dir)
             if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
                 print(f"[selfdistill] {path}: pid {held['pid']} is gone; taking its run over", file=sys.stderr)
                 path.unlink(missing_ok=True)
                 continue
-            return f"pid {held.get('pid', '?')} on {held.get('host', '?')} (since {held.get('since', '?')})"
+            return _describe_claim(held)
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return None
     return "another process"
 
 
+def _read_claim(run_dir: Path) -> dict:
+    """The holder recorded in run_dir/RUNNING; {} when there is none (or its owner is writing it right now)."""
+    try:
+        return json.loads((run_dir / RUN_LOCK).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_claim(held: dict) -> str:
+    return f"pid {held.get('pid', '?')} on {held.get('host', '?')} (since {held.get('since', '?')})"
+
+
 def _holder(run_dir: Path) -> str:
     """', running now: pid P on HOST (since T)' while a process holds the run, else ''."""
-    try:
-        held = json.loads((run_dir / RUN_LOCK).read_text())
-    except (OSError, ValueError):
-        return ""
-    return f", running now: pid {held.get('pid', '?')} on {held.get('host', '?')} (since {held.get('since', '?')})"
+    held = _read_claim(run_dir)
+    return f", running now: {_describe_claim(held)}" if held else ""
 
 
 def release_run(run_dir: Path) -> None:
