@@ -43,7 +43,7 @@ def main() -> None:
 
     from bench_step import records
     from selfdistill.config import load_config
-    from selfdistill.generation import HFEngine, SamplingSpec, make_engine
+    from selfdistill.engines import HFEngine, SamplingSpec, make_engine
     from selfdistill.models import load_model
 
     model, tok, _ = load_model("smollm2-135m")

@@ -101,7 +101,7 @@ def child_ours(a) -> dict:
     from selfdistill.config import load_config
     from selfdistill.data import Example
     from selfdistill.models import load_model
-    from selfdistill.train import train
+    from selfdistill.training import train
 
     model, tok, _ = load_model("smollm2-135m")
     recs = records(a.prompts)
@@ -111,8 +111,8 @@ def child_ours(a) -> dict:
     examples = [Example([{"role": "user", "content": r["prompt"]}], r["demonstration"], origin=f"bench:{i}")
                 for i, r in enumerate(recs)]
     if not a.free_length:  # no stop id can be sampled: every rollout is max_new_tokens long, on either engine
-        import selfdistill.generation as generation  # (generation never reads the checkpoint's generation_config)
-        generation.stop_ids_for = lambda tokenizer, model=None: ()
+        import selfdistill.training.setup as training_setup  # where the rollout spec's stop ids are read
+        training_setup.stop_ids_for = lambda tokenizer, model=None: ()
     cfg = load_config(preset="cpu", overrides={
         "train.method": a.child, "train.max_steps": 1000, "train.prompts_per_step": a.prompts,
         "train.micro_batch_size": a.prompts, "rollout.max_new_tokens": a.max_new_tokens,
@@ -230,7 +230,7 @@ def child_loss(a) -> dict:
 
     t0 = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = losses.distillation_loss(student, teacher, mask, divergence="forward_kl", support="full",
+        loss, _ = losses.distillation_loss(student, teacher, mask, losses.DivergenceSpec("forward_kl", support="full"),
                                            skip_first_tokens=3, chunk_size=a.chunk_size or None)
     # The chunked Function holds its [N, V] gradient buffer as a ctx attribute (backward reuses it in place as
     # the input gradient); saved_tensors_hooks does not see it, so count it by walking the graph.

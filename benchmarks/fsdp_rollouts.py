@@ -1,5 +1,5 @@
 """Rollouts under FSDP2: generate on the sharded model (one all-gather per layer per decode step, `synced_gpus`)
-vs gather every layer once and generate locally (selfdistill.distributed.gathered_for_generation).
+vs gather every layer once and generate locally (selfdistill.training.distributed.gathered_for_generation).
 
     PYTHONPATH=src python -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/fsdp_rollouts.py
 
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from selfdistill import distributed as D  # noqa: E402
+from selfdistill.training import distributed as D  # noqa: E402
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""GPU smoke benchmark: a few SDFT and SFT steps of a ~0.5B Qwen2-shaped model through selfdistill.train.train.
+"""GPU smoke benchmark: a few SDFT and SFT steps of a ~0.5B Qwen2-shaped model through selfdistill.training.train.
 
 Made for a lent GPU machine with torch, transformers, accelerate (and peft) but no internet and no way to install
 this package's dependencies: run it from the repository checkout with PYTHONPATH=src (benchmarks/gpu_check.sh).
@@ -96,7 +96,7 @@ def make_examples(n: int, demo_tokens: int, seed: int = 0):
 
 def run_method(method: str, args, tok, device, dtype, out_root: str, engine: str = "hf") -> dict:
     from selfdistill.config import load_config
-    from selfdistill.train import train
+    from selfdistill.training import train
 
     steps = args.warm + args.timed
     cfg = load_config(overrides={

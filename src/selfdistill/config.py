@@ -27,7 +27,7 @@ PAPER_TEACHER_TEMPLATE = (
 
 # Named teacher templates (context.teacher_template accepts a name or a template string).
 # paper_no_thinking drops ", including the thinking process": at 135M the full sentence makes the teacher open
-# with a reasoning preamble, which the student then learns (measured in the README's demo section).
+# with a reasoning preamble, which the student then learns (measured: docs/results.md).
 TEACHER_TEMPLATES = {
     "paper": PAPER_TEACHER_TEMPLATE,
     "paper_no_thinking": PAPER_TEACHER_TEMPLATE.replace(", including the thinking process.", "."),
@@ -73,7 +73,7 @@ class RolloutConfig:
     max_new_tokens: int = 2048  # paper: 2048 (skills), 1024 (knowledge)
     greedy: bool = False  # deterministic rollouts (tests, distributed equivalence)
     top_k: int = 0  # 0 = off (the paper samples with no top-k)
-    engine: str = "hf"  # hf (transformers.generate on the live weights) | vllm (optional extra; see README)
+    engine: str = "hf"  # hf (transformers.generate on the live weights) | vllm (optional extra; see docs/vllm.md)
 
 
 @dataclass
@@ -247,12 +247,12 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     setattr(obj, name, value)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -273,7 +273,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{p}: invalid YAML ({e})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the config file must be a mapping")
-        file_vals = _flatten(raw)
+        file_vals = flatten(raw)
     overrides = dict(overrides or {})
     preset = preset or overrides.pop("preset", None) or file_vals.pop("preset", None) or "paper"
     overrides.pop("preset", None)
@@ -341,7 +341,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def from_dict(d: dict[str, Any]) -> Config:
     d = dict(d)
-    cfg = load_config(overrides={k: v for k, v in _flatten({k: v for k, v in d.items()
+    cfg = load_config(overrides={k: v for k, v in flatten({k: v for k, v in d.items()
                                                               if k not in ("deviations", "preset")}).items()},
                       preset=d.get("preset", "paper"))
     cfg.deviations = list(d.get("deviations", cfg.deviations))

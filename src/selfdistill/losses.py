@@ -13,8 +13,8 @@ Both come from logits at the *same* completion positions. Log-softmax is taken i
 logits' dtype (float64 inputs stay float64, which the tests use as the exact reference).
 Logits must be finite (no ``-inf`` masking of the vocabulary).
 
-Divergence directions (``divergence=``)
----------------------------------------
+Divergence directions (``DivergenceSpec.divergence``)
+----------------------------------------------------
 * ``"forward_kl"`` (DEFAULT) = KL(q ‖ p) = Σ_v q (log q − log p), i.e. KL(teacher ‖ student).
   This is what produced all published SDFT results (official code ``alpha=0``; authors' reply on
   idanshen/Self-Distillation#5), even though the paper's Eq. 1 writes the reverse direction.
@@ -33,8 +33,8 @@ Divergence directions (``divergence=``)
   official SDFT ``alpha``) put weight ``b`` on the *teacher*: our ``jsd_beta`` equals ``1 − b``; at 0.5
   the two coincide.
 
-Support (``support=``)
-----------------------
+Support (``DivergenceSpec.support``)
+------------------------------------
 * ``"full"``: the divergence over the whole vocabulary (the paper's "full analytic per-token" estimator).
 * ``"top_k"``: take the ``top_k`` token ids of one side (``topk_from="teacher"`` or ``"student"``), gather
   both sides' log-probs at those ids and add one tail bin holding ``1 − Σ top-k probs`` (computed as
@@ -91,6 +91,7 @@ Every loss returns ``(loss, metrics)`` with ``metrics`` a dict of detached pytho
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -99,6 +100,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = [
     "DIVERGENCES",
+    "DivergenceSpec",
     "build_loss_mask",
     "chunked_divergence_BT",
     "dft_loss",
@@ -117,6 +119,32 @@ Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd")
 SUPPORTS: tuple[str, ...] = ("full", "top_k")
 TOPK_FROM: tuple[str, ...] = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class DivergenceSpec:
+    """Which per-token divergence the SDFT loss uses, as one object (config: the `loss.*` keys of the same names).
+
+    ``divergence``: forward_kl = KL(teacher ‖ student) (default, the published results), reverse_kl =
+    KL(student ‖ teacher), jsd (``jsd_beta`` = the student's weight in the mixture). ``support``: full vocabulary,
+    or ``top_k`` ids of ``topk_from``'s side plus one tail bin. Invalid combinations raise ``ValueError`` here."""
+    divergence: Divergence = "forward_kl"
+    jsd_beta: float = 0.5
+    support: Literal["full", "top_k"] = "full"
+    top_k: int = 20
+    topk_from: Literal["teacher", "student"] = "teacher"
+
+    def __post_init__(self) -> None:
+        _check_divergence(self.divergence, self.jsd_beta)
+        if self.support not in SUPPORTS:
+            raise ValueError(f"support must be one of {SUPPORTS}, got {self.support!r}")
+        if self.topk_from not in TOPK_FROM:
+            raise ValueError(f"topk_from must be one of {TOPK_FROM}, got {self.topk_from!r}")
+
+    @classmethod
+    def from_config(cls, loss_cfg) -> DivergenceSpec:
+        """From a `LossConfig` (or anything with the same attributes)."""
+        return cls(loss_cfg.divergence, loss_cfg.jsd_beta, loss_cfg.support, loss_cfg.top_k, loss_cfg.topk_from)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -205,12 +233,7 @@ def topk_with_tail_logprobs(
 def per_token_divergence_BT(
     student_logits_BTV: torch.Tensor,
     teacher_logits_BTV: torch.Tensor,
-    *,
-    divergence: Divergence = "forward_kl",
-    support: Literal["full", "top_k"] = "full",
-    top_k: int = 20,
-    topk_from: Literal["teacher", "student"] = "teacher",
-    jsd_beta: float = 0.5,
+    spec: DivergenceSpec = DivergenceSpec(),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Straightforward (autograd) per-position divergence ``[..., V] -> [...]`` (float32 or float64).
 
@@ -222,19 +245,16 @@ def per_token_divergence_BT(
             f"student and teacher logits must have the same shape, got "
             f"{tuple(student_logits_BTV.shape)} vs {tuple(teacher_logits_BTV.shape)}"
         )
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
-    _check_divergence(divergence, jsd_beta)
     student_logp = log_softmax_fp32(student_logits_BTV)
     with torch.no_grad():
         teacher_logp = log_softmax_fp32(teacher_logits_BTV.detach()).to(student_logp.dtype)
     extras: dict[str, torch.Tensor] = {}
-    if support == "top_k":
+    if spec.support == "top_k":
         student_logp, teacher_logp, s_mass, t_mass = topk_with_tail_logprobs(
-            student_logp, teacher_logp, top_k, topk_from
+            student_logp, teacher_logp, spec.top_k, spec.topk_from
         )
         extras = {"topk_mass_student": s_mass, "topk_mass_teacher": t_mass}
-    return divergence_from_logprobs(student_logp, teacher_logp, divergence, jsd_beta), extras
+    return divergence_from_logprobs(student_logp, teacher_logp, spec.divergence, spec.jsd_beta), extras
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -427,9 +447,8 @@ class _ChunkedDivergenceFn(torch.autograd.Function):
 def chunked_divergence_BT(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
+    spec: DivergenceSpec = DivergenceSpec(),
     *,
-    divergence: Divergence = "forward_kl",
-    jsd_beta: float = 0.5,
     chunk_size: int = 1024,
     row_mask: torch.Tensor | None = None,
     inplace_backward: bool = True,
@@ -448,7 +467,8 @@ def chunked_divergence_BT(
             f"student and teacher logits must have the same shape, got "
             f"{tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}"
         )
-    _check_divergence(divergence, jsd_beta)
+    if spec.support != "full":
+        raise ValueError("the chunked divergence is over the full vocabulary; support='top_k' is not chunked")
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     lead_shape = student_logits.shape[:-1]
@@ -456,8 +476,8 @@ def chunked_divergence_BT(
     out_N = _ChunkedDivergenceFn.apply(
         student_logits.reshape(-1, V),
         teacher_logits.detach().reshape(-1, V),
-        divergence,
-        float(jsd_beta),
+        spec.divergence,
+        float(spec.jsd_beta),
         int(chunk_size),
         None if row_mask is None else row_mask.reshape(-1).bool(),
         bool(inplace_backward),
@@ -472,12 +492,8 @@ def distillation_loss(
     student_logits_BTV: torch.Tensor,
     teacher_logits_BTV: torch.Tensor,
     completion_mask_BT: torch.Tensor,
+    spec: DivergenceSpec = DivergenceSpec(),
     *,
-    divergence: Divergence = "forward_kl",
-    support: Literal["full", "top_k"] = "full",
-    top_k: int = 20,
-    topk_from: Literal["teacher", "student"] = "teacher",
-    jsd_beta: float = 0.5,
     skip_first_tokens: int = 3,
     num_sequences_total: int | None = None,
     importance_weights_B: torch.Tensor | None = None,
@@ -511,10 +527,7 @@ def distillation_loss(
             f"completion_mask_BT shape {tuple(completion_mask_BT.shape)} does not match logits "
             f"{tuple(student_logits_BTV.shape[:2])}"
         )
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
-    _check_divergence(divergence, jsd_beta)
-    if chunk_size is not None and support != "full":
+    if chunk_size is not None and spec.support != "full":
         raise ValueError("chunk_size is only implemented for support='full'; use chunk_size=None with top_k")
 
     loss_mask_BT = build_loss_mask(completion_mask_BT, skip_first_tokens)
@@ -530,23 +543,14 @@ def distillation_loss(
         per_token_BT = chunked_divergence_BT(
             student_logits_BTV,
             teacher_logits_BTV.detach(),
-            divergence=divergence,
-            jsd_beta=jsd_beta,
+            spec,
             chunk_size=chunk_size,
             row_mask=loss_mask_BT,
         )
         loss = (per_token_BT * weights_BT).sum()
         per_token_sum = per_token_BT.detach().sum()
     else:
-        per_token_BT, extras = per_token_divergence_BT(
-            student_logits_BTV,
-            teacher_logits_BTV,
-            divergence=divergence,
-            support=support,
-            top_k=top_k,
-            topk_from=topk_from,
-            jsd_beta=jsd_beta,
-        )
+        per_token_BT, extras = per_token_divergence_BT(student_logits_BTV, teacher_logits_BTV, spec)
         masked_BT = torch.where(loss_mask_BT, per_token_BT, 0.0)
         loss = (masked_BT * weights_BT).sum()
         per_token_sum = masked_BT.detach().sum()
@@ -554,7 +558,7 @@ def distillation_loss(
     n_tokens = int(loss_mask_BT.sum().item())
     denom = max(n_tokens, 1)
     metrics: dict[str, float] = {
-        divergence: float(per_token_sum.item()) / denom,
+        spec.divergence: float(per_token_sum.item()) / denom,
         "num_loss_tokens": float(n_tokens),
         "loss": float(loss.detach().item()),
     }

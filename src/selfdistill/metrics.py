@@ -586,7 +586,7 @@ def write_tables(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> list
 def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> list[Path]:
     """Write ``results.json`` (strict JSON, NaN -> null) plus :func:`write_tables` CSVs.
 
-    ``results`` follows the schema documented in :mod:`selfdistill.report`.
+    ``results`` follows the schema documented in :mod:`selfdistill.report.schema`.
     Returns the paths written, ``results.json`` first.
     """
     out = Path(out_dir)

@@ -27,6 +27,8 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
+from selfdistill.data import DataError, load_examples
+from selfdistill.tasks import knowledge, paper, retention, tooluse
 from selfdistill.tasks.base import Task, check_mc_example, mc_correct, mc_predicted_index
 from selfdistill.tasks.scorers import contains_word, exact_match, function_call_match, regex_match
 
@@ -34,51 +36,15 @@ __all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_pred
            "load_training_examples", "parse_task_spec", "task_from_spec", "check_scorer_fields"]
 
 
-def _tooluse(**kw: Any) -> Task:
-    from selfdistill.tasks.tooluse import load_task
-
-    return load_task(**kw)
-
-
-def _knowledge(**kw: Any) -> Task:
-    from selfdistill.tasks.knowledge import load_task
-
-    return load_task(**kw)
-
-
-def _retention(**kw: Any) -> Task:
-    from selfdistill.tasks.retention import load_task
-
-    return load_task(**kw)
-
-
-def _retention_if(**kw: Any) -> Task:
-    from selfdistill.tasks.retention import load_if_task
-
-    return load_if_task(**kw)
-
-
-def _paper_tooluse(path: str, **kw: Any) -> Task:
-    from selfdistill.tasks.paper import load_tooluse_task
-
-    return load_tooluse_task(path, **kw)
-
-
-def _paper_science(path: str, **kw: Any) -> Task:
-    from selfdistill.tasks.paper import load_science_task
-
-    return load_science_task(path, **kw)
-
-
 _TASKS: dict[str, Callable[..., Task]] = {
-    "tooluse": _tooluse,
-    "knowledge": _knowledge,
-    "retention": _retention,
-    "retention_if": _retention_if,
+    "tooluse": tooluse.load_task,
+    "knowledge": knowledge.load_task,
+    "retention": retention.load_task,
+    "retention_if": retention.load_if_task,
 }
 _PATH_TASKS: dict[str, Callable[..., Task]] = {
-    "paper_tooluse": _paper_tooluse,
-    "paper_science": _paper_science,
+    "paper_tooluse": paper.load_tooluse_task,
+    "paper_science": paper.load_science_task,
 }
 
 
@@ -175,8 +141,6 @@ def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | 
         close = difflib.get_close_matches(str(scorer), USER_SCORERS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown scorer {scorer!r}.{hint} Known: {', '.join(USER_SCORERS)}")
-    from selfdistill.data import load_examples
-
     examples = load_examples(data_path)
     if test_path is not None:
         train, test = examples, load_examples(test_path)
@@ -211,8 +175,6 @@ _SCORER_FIELDS = {"contains_word": ("answer", "reference"), "regex": ("pattern",
 
 def check_scorer_fields(examples: list, scorer: str) -> None:
     """ValueError naming the file and line of the first record that lacks the field `scorer` needs."""
-    from selfdistill.data import DataError
-
     if scorer == "multiple_choice":
         for ex in examples:
             try:
@@ -248,8 +210,6 @@ def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
 
     A spec that is an existing path is taken whole (so a file name may contain ``@``); otherwise the options
     follow the last ``@`` as comma-separated ``key=value`` pairs."""
-    from selfdistill.data import DataError
-
     spec = spec.strip()
     if not spec:
         raise DataError("empty task spec")
@@ -275,8 +235,6 @@ def task_from_spec(spec: str) -> Task:
     or ``FILE[@scorer=...,test=FILE,split=0.2|N,name=...,seed=...]`` (the user's demonstrations, named after the
     file). A file with neither ``test`` nor ``split`` is used whole: trained on whole and evaluated whole.
     Errors are one-line DataErrors naming the spec, file and record."""
-    from selfdistill.data import DataError
-
     name, opts = parse_task_spec(spec)
     if not _is_file_spec(name):
         try:
@@ -331,8 +289,6 @@ def load_training_examples(spec: str) -> list:
 
     An unknown task name is a DataError (so the CLI prints it as one line) with a suggestion.
     """
-    from selfdistill.data import DataError, load_examples
-
     if spec.startswith("task:"):
         try:
             task = task_from_spec(spec[len("task:"):])

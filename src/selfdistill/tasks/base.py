@@ -16,10 +16,9 @@ Two kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
-if TYPE_CHECKING:  # the lead's module; imported lazily at run time
-    from selfdistill.data import Example
+from selfdistill.data import Example
 
 TaskKind = Literal["generate", "multiple_choice"]
 KINDS = ("generate", "multiple_choice")
@@ -94,9 +93,7 @@ def mc_predicted_index(choice_logliks: Sequence[float]) -> int:
 
 
 def make_example(**kw: Any) -> "Example":
-    """Build a `selfdistill.data.Example` (imported lazily so this module loads on its own)."""
-    from selfdistill.data import Example
-
+    """Build a `selfdistill.data.Example`."""
     return Example(**kw)
 
 

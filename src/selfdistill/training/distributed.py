@@ -36,9 +36,14 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from .checkpoint import MARKER, CheckpointError, list_checkpoints, publish
-from .config import ConfigError
+from ..config import ConfigError
+from .checkpoint import MARKER, CheckpointError, fsync_dir, list_checkpoints, publish
 
 class DistributedConfigError(ConfigError):
     """A launch/config combination that would not train correctly (the CLI prints it as one line)."""
@@ -102,8 +107,6 @@ def ensure_process_group(device: torch.device) -> None:
 
 
 def device_mesh(device: torch.device):
-    from torch.distributed.device_mesh import init_device_mesh
-
     ensure_process_group(device)
     return init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("fsdp",))
 
@@ -111,8 +114,6 @@ def device_mesh(device: torch.device):
 def mixed_precision_policy(bf16: bool, reduce_dtype: str = "float32"):
     """Parameters (and the optimizer) stay in their own dtype (float32); forward/backward run in bf16 when asked;
     gradients are reduce-scattered in `reduce_dtype`."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
     return MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
                                 reduce_dtype=getattr(torch, reduce_dtype), cast_forward_inputs=True)
 
@@ -133,8 +134,6 @@ def shard_model(model: torch.nn.Module, mesh, *, bf16: bool, reduce_dtype: str =
 
     Layers free their gathered weights after forward; the root keeps them for the backward that follows at once
     (`reshard_root=False`, the student) or frees them too (`reshard_root=True`, the teacher: no backward)."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
-
     offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
     kwargs = dict(mesh=mesh, mp_policy=mixed_precision_policy(bf16, reduce_dtype), offload_policy=offload)
     for layer in decoder_layers(model):
@@ -181,8 +180,6 @@ def _local(p: torch.Tensor) -> torch.Tensor:
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(model, FSDPModule)
 
 
@@ -216,8 +213,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def fsdp_modules(model: torch.nn.Module) -> list:
-    from torch.distributed.fsdp import FSDPModule
-
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
@@ -267,15 +262,12 @@ def _barrier() -> None:
 
 
 def _fsync_tree(d: Path) -> None:
-    from .checkpoint import _fsync_dir  # opens read-only and fsyncs: works for files and folders alike
 
     for p in sorted(d.rglob("*")) + [d]:
-        _fsync_dir(p)
+        fsync_dir(p)
 
 
 def _app_state(model, optimizer, teacher) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     if teacher is not None:
         state["teacher"] = get_model_state_dict(teacher)
@@ -286,8 +278,6 @@ def save_sharded_checkpoint(root: Path, step: int, *, model, optimizer, teacher,
                             keep_last: int = 2) -> Path:
     """Every rank writes its shards (DCP) and its RNG state into `step-N.tmp`; rank 0 renames it when all are done.
     A write error on any rank (disk full, ...) raises CheckpointError on every rank; the previous checkpoint stays."""
-    import torch.distributed.checkpoint as dcp
-
     rank = dist.get_rank()
     final, tmp = root / f"step-{step:06d}", root / f"step-{step:06d}.tmp"
     if rank == 0:
@@ -336,9 +326,6 @@ def _fail_together(error: OSError | None, final: Path, tmp: Path) -> None:
 def load_sharded_checkpoint(path: Path, *, model, optimizer, teacher, scheduler) -> dict:
     """Restore shards (resharded by DCP when the number of processes differs), scheduler and RNG; return the
     trainer state."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
     if not (path / ".metadata").exists():
         raise CheckpointError(f"{path}: not a sharded (dist.strategy=fsdp) checkpoint; resume it with the strategy "
                               f"that wrote it")
@@ -365,8 +352,6 @@ def load_sharded_checkpoint(path: Path, *, model, optimizer, teacher, scheduler)
 def full_state_dict(model: torch.nn.Module, every_rank: bool = False) -> dict[str, torch.Tensor]:
     """The unsharded weights, on rank 0's CPU (other ranks get {}), or on every rank's device with `every_rank`.
     A collective: every rank calls it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not every_rank))
 
 

@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .table import print_table
+
 PAPER_SUITE: dict[str, str] = {
     "hellaswag": "acc_norm",
     "mmlu": "acc",
@@ -35,7 +37,7 @@ UNSAFE_CODE_TASKS = frozenset({"humaneval", "humaneval_instruct", "humaneval_plu
 
 
 def _task_manager(include_path: str | Path | list | None = None, include_defaults: bool = True):
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # lm-eval: imported on use (heavy; only `eval --tasks lm-eval:...`)
 
     if include_path is None:
         return TaskManager(include_defaults=include_defaults)
@@ -49,7 +51,7 @@ def declared_metrics(task: str, task_manager=None) -> list[str]:
     `metric_list` for tasks, `aggregate_metric_list` for groups; a ``pass_at_k`` function metric with ``k: [1, 10]``
     expands to ``pass@1``, ``pass@10`` (as lm_eval does for HF `evaluate` dict results).
     """
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval: imported on use (heavy)
 
     tm = task_manager or _task_manager()
     entry = tm.task_index.get(task)
@@ -107,7 +109,7 @@ def run_lm_eval(model, tokenizer, tasks: list[str], limit: int | float | None = 
     `include_defaults=False` indexes only those folders (skips scanning lm_eval's ~10k built-in YAML files).
     With `return_raw`, the full lm_eval results dict is stored under the key ``"_raw"``.
     """
-    import lm_eval
+    import lm_eval  # imported on use (heavy)
     from lm_eval.models.huggingface import HFLM
 
     tasks = [t for t in tasks if t]
@@ -152,7 +154,6 @@ def format_results(results: dict[str, tuple[str, float, float]]) -> list[list[st
 
 
 def print_results(results: dict[str, tuple[str, float, float]]) -> None:
-    from .evaluate import _print_table
 
-    _print_table("lm-eval (metric pinned per benchmark)", ["task", "metric", "value", "stderr"],
+    print_table("lm-eval (metric pinned per benchmark)", ["task", "metric", "value", "stderr"],
                  format_results(results))

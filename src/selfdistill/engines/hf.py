@@ -1,0 +1,98 @@
+"""`HFEngine`: `transformers.generate` on the live module (batched, left padded, KV cache)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, StoppingCriteriaList
+
+from .base import Completion, GenerationAborted, SamplingSpec, cut_at_stop, eval_mode, hf_module, notice_ignored, \
+    plain_generation_config
+
+
+def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ids and attention mask, every prompt ending at column L."""
+    L = max(len(p) for p in prompt_ids)
+    ids_BL = torch.full((len(prompt_ids), L), pad_id, dtype=torch.long)
+    att_BL = torch.zeros((len(prompt_ids), L), dtype=torch.long)
+    for b, p in enumerate(prompt_ids):
+        ids_BL[b, L - len(p):] = torch.tensor(p, dtype=torch.long)
+        att_BL[b, L - len(p):] = 1
+    return ids_BL, att_BL
+
+
+class _Watch:
+    """A StoppingCriteria that never stops a sequence: it reports progress and aborts on request."""
+
+    def __init__(self, stop_ids, should_stop, on_tokens):
+        self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long)
+        self.should_stop, self.on_tokens = should_stop, on_tokens
+        self.done_B = None
+
+    def __call__(self, input_ids_BL, scores, **kwargs) -> torch.BoolTensor:
+        last_B = input_ids_BL[:, -1].cpu()
+        if self.done_B is None:
+            self.done_B = torch.zeros_like(last_B, dtype=torch.bool)
+        if self.on_tokens is not None:
+            self.on_tokens(int((~self.done_B).sum()))
+        self.done_B |= torch.isin(last_B, self.stop_ids)
+        if self.should_stop is not None and self.should_stop():
+            raise GenerationAborted()
+        return torch.zeros(input_ids_BL.shape[0], dtype=torch.bool, device=input_ids_BL.device)
+
+
+class HFEngine:
+    """`transformers.generate` on the live module. `batch_size=None`: one batch in input order (rollouts);
+    otherwise prompts are sorted longest first and decoded in batches of that size (evaluation)."""
+
+    name = "hf"
+
+    def __init__(self, model, pad_id: int, batch_size: int | None = None):
+        self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
+
+    def sync_weights(self, model) -> None:  # generates on the live weights
+        self.model = model
+
+    def generate(self, prompt_ids, spec: SamplingSpec, *, seed=None, want_logprobs=False, should_stop=None,
+                 on_tokens=None) -> list[Completion]:
+        if not prompt_ids:
+            return []
+        if spec.max_new_tokens < 1:
+            return [Completion([], [] if want_logprobs else None) for _ in prompt_ids]
+        if self.batch_size is None:
+            order, bs = list(range(len(prompt_ids))), len(prompt_ids)
+        else:
+            order, bs = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i])), max(1, self.batch_size)
+        out: list[Completion | None] = [None] * len(prompt_ids)
+        if seed is not None:
+            torch.manual_seed(seed)
+        notice_ignored(self.model)
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            batch = self._batch([prompt_ids[i] for i in idx], spec, want_logprobs, should_stop, on_tokens)
+            for i, c in zip(idx, batch):
+                out[i] = c
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _batch(self, prompts, spec, want_logprobs, should_stop, on_tokens) -> list[Completion]:
+        model = hf_module(self.model)
+        device = next(model.parameters()).device
+        ids_BL, att_BL = left_pad(prompts, self.pad_id)
+        L = ids_BL.shape[1]
+        sampling = {} if spec.greedy else dict(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k)
+        gc = GenerationConfig(do_sample=not spec.greedy, num_beams=1, max_new_tokens=spec.max_new_tokens,
+                              eos_token_id=list(spec.stop_ids), pad_token_id=self.pad_id, use_cache=True,
+                              return_dict_in_generate=True, output_scores=want_logprobs, **sampling)
+        watch = StoppingCriteriaList([_Watch(spec.stop_ids, should_stop, on_tokens)])
+        with eval_mode(self.model), plain_generation_config(model):
+            out = model.generate(input_ids=ids_BL.to(device), attention_mask=att_BL.to(device),
+                                 generation_config=gc, stopping_criteria=watch)
+        new_BT = out.sequences[:, L:]
+        if want_logprobs:  # processed scores = the distribution sampled from
+            lp_BT = torch.stack([s.float().log_softmax(-1).gather(-1, new_BT[:, i:i + 1]).squeeze(-1)
+                                 for i, s in enumerate(out.scores)], 1)
+        result = []
+        for b in range(new_BT.shape[0]):
+            ids = cut_at_stop(new_BT[b].tolist(), spec.stop_ids)
+            result.append(Completion(ids, lp_BT[b, :len(ids)].tolist() if want_logprobs else None))
+        return result

@@ -1,0 +1,128 @@
+"""One micro-step of each method: SDFT, and the SFT / DFT baselines. Each returns (loss to backpropagate, metrics).
+
+One SDFT micro-step (`sdft_micro_step`):
+  1. rollout   y ~ p_theta(. | Ctx_S(x))         student samples from the prompt only (no grad; temperature 1;
+                                                     selfdistill.engines: hf or vllm, stop at every end of turn)
+  2. teacher   q_t = pi_phi(. | Ctx_T(x, c), y_<t)  the teacher (EMA weights) scores the same completion ids
+                                                     with the demonstration in its context (inference_mode)
+  3. student   p_t = p_theta(. | Ctx_S(x), y_<t)    the student scores them with gradient
+  4. loss      per-token forward KL(q_t || p_t) over the full vocabulary (default), first 3 completion tokens
+               masked, token mean per sequence, mean over sequences (selfdistill.losses)
+The update and the EMA teacher follow in `loop.optimizer_step`.
+SFT/DFT's micro step is cross-entropy on the demonstration after the student prompt (DFT: weighted by the token's
+own detached probability).
+With rollout.temperature T != 1, student and teacher logits are divided by T before every softmax of the loss and
+the importance weights (as the official trainer and TRL's SDFTTrainer do): the loss compares the distributions
+actually sampled from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .. import losses
+from ..config import Config
+from ..contexts import Encoded, prompt_opens_reasoning, reasoning_token_ids
+from . import distributed
+from .batches import Packed, completion_logits, pack
+from .errors import TrainingError
+from .teacher import Teacher
+
+
+def tempered(logits_BTV: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits divided by the rollout temperature, as the official trainer does before every softmax in the
+    loss and the importance weights: the distributions compared are the ones the rollouts were sampled from."""
+    return logits_BTV if temperature == 1.0 else logits_BTV / temperature
+
+
+def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[float]], cfg: Config):
+    """Truncated IS weight per sequence (trainer log-probs vs the sampler's), and the fraction of loss tokens
+    whose ratio hit the cap."""
+    train_lp_BT = student_logits_BTV.detach().float().log_softmax(-1).gather(
+        -1, sb.completion_ids_BT.unsqueeze(-1)).squeeze(-1)
+    sampler_BT = torch.zeros_like(train_lp_BT)
+    for b, lp in enumerate(sampler_lps):
+        sampler_BT[b, :len(lp)] = torch.tensor(lp)
+    mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens).bool()
+    capped = ((train_lp_BT - sampler_BT) >= math.log(cfg.loss.importance_cap)) & mask_BT
+    capped_frac = float(capped.sum()) / max(float(mask_BT.sum()), 1.0)
+    return losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT,
+                                              cap=cfg.loss.importance_cap), capped_frac
+
+
+def think_ids(tokenizer) -> tuple[int, int]:
+    """The <think> / </think> ids loss.mask_reasoning needs; a one-line error when the model has none."""
+    ids = reasoning_token_ids(tokenizer)
+    if ids is None:
+        raise TrainingError("loss.mask_reasoning=true, but the tokenizer has no <think> and </think> tokens (not a "
+                            "thinking model); set loss.mask_reasoning=false")
+    return ids
+
+
+def reasoning_keep_mask(tokenizer, student_prompts: list[list[int]], sb: Packed) -> torch.Tensor:
+    """loss.mask_reasoning: False on the rollouts' reasoning-block tokens (losses.reasoning_mask_BT)."""
+    o, c = think_ids(tokenizer)
+    inside_B = torch.tensor([prompt_opens_reasoning(p, o, c) for p in student_prompts])
+    return ~losses.reasoning_mask_BT(sb.completion_ids_BT, o, c, inside_B)
+
+
+def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: list[Encoded], cfg: Config,
+                    seed: int, num_sequences_total: int, amp, timings: dict,
+                    should_stop=None, on_tokens=None) -> tuple[torch.Tensor, dict, list]:
+    device = distributed.compute_device(model)
+    R = cfg.rollout.num_rollouts
+    student_prompts = [e.student_prompt_ids for e in items for _ in range(R)]
+    teacher_prompts = [e.teacher_prompt_ids for e in items for _ in range(R)]
+    T = 1.0 if cfg.rollout.greedy else cfg.rollout.temperature
+
+    t0 = time.perf_counter()
+    # 1. rollout: the student samples from the prompt alone (FSDP2: every layer gathered once, then decoding
+    # runs without collectives, so ranks may finish at different lengths)
+    with amp(), distributed.unsharded(model):
+        rollouts = engine.generate(student_prompts, spec, seed=seed, want_logprobs=cfg.loss.importance_weights,
+                                   should_stop=should_stop, on_tokens=on_tokens)
+    completions = [r.ids for r in rollouts]
+    t1 = time.perf_counter()
+    with distributed.no_grad_for(model), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
+        teacher_logits_BTV = completion_logits(teacher_model, pack(teacher_prompts, completions,
+                                                                   tokenizer.pad_token_id, device)).float()
+    teacher_logits_BTV = tempered(teacher_logits_BTV.clone(), T)  # clone: leave inference mode for autograd
+    t2 = time.perf_counter()
+    timings["student"] -= t2  # forward + loss here, backward in the loop: both count as "student"
+    sb = pack(student_prompts, completions, tokenizer.pad_token_id, device)
+    with amp():  # 3. the student scores them with gradient
+        student_logits_BTV = tempered(completion_logits(model, sb), T)
+    weights_B, capped_frac = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
+        if cfg.loss.importance_weights else (None, None)
+    keep_BT = reasoning_keep_mask(tokenizer, student_prompts, sb) if cfg.loss.mask_reasoning else None
+    loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
+        student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT, losses.DivergenceSpec.from_config(cfg.loss),
+        skip_first_tokens=cfg.loss.skip_first_tokens,
+        num_sequences_total=num_sequences_total, importance_weights_B=weights_B,
+        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None,  # top-k: not chunked
+        keep_mask_BT=keep_BT)
+    timings["generate"] += t1 - t0
+    timings["teacher"] += t2 - t1
+    timings["student"] += time.perf_counter()
+    if capped_frac is not None:
+        metrics["importance_capped_frac"] = capped_frac
+    metrics["completion_tokens"] = float(sb.completion_mask_BT.sum())
+    metrics["completion_len"] = metrics["completion_tokens"] / len(completions)
+    return loss, metrics, completions
+
+
+def sft_micro_step(model, tokenizer, items: list[Encoded], cfg: Config, num_sequences_total: int,
+                   amp, method: str = "sft") -> tuple[torch.Tensor, dict]:
+    device = distributed.compute_device(model)
+    sb = pack([e.student_prompt_ids for e in items], [e.demonstration_ids for e in items],
+              tokenizer.pad_token_id, device)
+    with amp():
+        logits_BTV = completion_logits(model, sb)
+    fn = losses.sft_loss if method == "sft" else losses.dft_loss
+    loss, metrics = fn(logits_BTV, sb.completion_ids_BT, sb.completion_mask_BT, num_sequences_total=num_sequences_total)
+    metrics["completion_tokens"] = float(sb.completion_mask_BT.sum())
+    metrics["completion_len"] = metrics["completion_tokens"] / len(items)
+    return loss, metrics
