@@ -1,7 +1,7 @@
 """Tiny random-weight models of the families users bring, with their real chat templates (no hub).
 
 Each family is the transformers architecture (LlamaConfig, Gemma2Config, Qwen2Config, Qwen3Config, MistralConfig,
-Phi3Config at tiny sizes) plus a BPE tokenizer trained in-process on conftest.CORPUS with the family's special
+Phi3Config at tiny sizes) plus a BPE tokenizer trained in-process on helpers.CORPUS with the family's special
 tokens, EOS/BOS/pad choices and chat template. The templates keep the token structure of the published ones
 (what is written around a turn and which token ends it); long system-prompt defaults and tool-call branches are
 left out. The EOS / generation-config choices reproduce the cases that break a single-EOS stop:
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from conftest import CORPUS
+from helpers import CORPUS
 
 LLAMA3 = (
     "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
@@ -117,7 +117,7 @@ FAMILIES = {f.name: f for f in [
 
 
 def build_family_tokenizer(name: str):
-    """A BPE tokenizer trained on conftest.CORPUS with the family's special tokens and chat template."""
+    """A BPE tokenizer trained on helpers.CORPUS with the family's special tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -195,3 +195,17 @@ def script_replies(model, tok, prompt_last_token: int, reply: list[int]):
 
     model.register_forward_hook(hook, with_kwargs=True)
     return model
+
+
+def scripted_qwen3():
+    """The tiny Qwen3 model scripted to answer every chat prompt with `<think>ok</think>Paris<|im_end|>`:
+    (tokenizer, model, the reply's ids)."""
+    from selfdistill.contexts import reasoning_token_ids, render_prompt_ids
+
+    tok, model = build_family("qwen3")
+    think = reasoning_token_ids(tok)
+    answer = tok("Paris", add_special_tokens=False)["input_ids"]
+    probe_ids = render_prompt_ids(tok, [{"role": "user", "content": "x"}])
+    reply = [think[0], *tok("ok", add_special_tokens=False)["input_ids"], think[1], *answer,
+             tok.convert_tokens_to_ids("<|im_end|>")]
+    return tok, script_replies(model, tok, probe_ids[-1], reply), reply

@@ -1,0 +1,136 @@
+"""The families users bring (tests/families.py): end-of-turn token from the chat template, SFT targets, rollouts
+and evaluation that stop there, and 2 SDFT + 2 SFT training steps on each architecture."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from families import FAMILIES, build_family, build_family_model, build_family_tokenizer
+from helpers import examples
+import selfdistill.evaluation as ev
+from selfdistill.contexts import render_prompt_ids
+from selfdistill.engines import greedy_completions
+from selfdistill.config import ContextConfig, DataConfig, load_config
+from selfdistill.contexts import encode_examples
+from selfdistill.models import ModelError, end_of_turn_ids, set_chat_special_tokens
+
+NAMES = sorted(FAMILIES)
+
+
+def eot_id(tok, name):
+    return tok.convert_tokens_to_ids(FAMILIES[name].end_of_turn)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_end_of_turn_ids_reads_the_template_and_keeps_every_stop_id(name):
+    fam = FAMILIES[name]
+    tok = build_family_tokenizer(name)
+    raw = build_family_model(name, tok)
+    eot = eot_id(tok, name)
+    assert end_of_turn_ids(tok)[0] == eot  # from the template alone, no model
+    want = {eot, tok.eos_token_id} | {tok.convert_tokens_to_ids(t) for t in fam.generation_eos}
+    got = end_of_turn_ids(tok, raw)
+    assert got[0] == eot and set(got) == want and len(got) == len(want)
+    eos_before = tok.eos_token
+    set_chat_special_tokens(tok, raw)  # what load_model does: nothing narrowed to one id
+    gc_eos = raw.generation_config.eos_token_id
+    assert set(gc_eos if isinstance(gc_eos, list) else [gc_eos]) == want
+    assert tok.eos_token == eos_before and tok.pad_token is not None and tok.padding_side == "left"
+
+
+def test_the_families_cover_a_turn_end_that_is_not_the_eos():
+    for name in ("llama3", "gemma2", "phi3"):  # the cases a tokenizer.eos_token_id stop gets wrong
+        tok = build_family_tokenizer(name)
+        assert eot_id(tok, name) != tok.eos_token_id
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sft_target_ends_with_what_the_template_writes_after_a_reply(name):
+    tok, _ = build_family(name)
+    exs = examples(2)
+    enc, _ = encode_examples(tok, exs, DataConfig(), ContextConfig())
+    for e, ex in zip(enc, exs):
+        assert e.demonstration_ids[-1] == eot_id(tok, name)
+        target = tok.decode(e.demonstration_ids)
+        rendered = tok.apply_chat_template([*ex.prompt, {"role": "assistant", "content": ex.demonstration}],
+                                           tokenize=False)
+        assert target == ex.demonstration + FAMILIES[name].end_of_turn and target in rendered
+
+
+def _train(name, tmp_path, method, monkeypatch, bias):
+    import selfdistill.training.loop as tr
+
+    tok, model = build_family(name, end_of_turn_bias=bias)
+    seen = []
+    real = tr.sdft_micro_step
+
+    def spy(*a, **k):
+        loss, m, comps = real(*a, **k)
+        seen.extend(comps)
+        return loss, m, comps
+    monkeypatch.setattr(tr, "sdft_micro_step", spy)
+    c = load_config(overrides={"train.method": method, "train.max_steps": 2, "train.prompts_per_step": 4,
+                               "train.micro_batch_size": 2, "rollout.num_rollouts": 2, "rollout.max_new_tokens": 8,
+                               "optim.warmup_steps": 0, "optim.lr": 1e-3, "log.progress": False})
+    res = tr.train(c, examples(4), model, tok, tmp_path / f"{name}-{method}")
+    return tok, res, seen
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_sdft_steps_with_rollouts_that_stop_at_the_end_of_turn(name, tmp_path, monkeypatch):
+    # bias 4: the end-of-turn token has ~10% of the mass per step, so rollouts end at it after a few tokens
+    tok, res, comps = _train(name, tmp_path, "sdft", monkeypatch, bias=4.0)
+    eot, limit = eot_id(tok, name), 8
+    assert len(res.metrics) == 2 and all(math.isfinite(m["loss"]) and m["forward_kl"] > 0 for m in res.metrics)
+    assert len(comps) == 16
+    for c in comps:  # cut exactly at the first end of turn, or ran to the token limit without one
+        assert (eot in c and c.index(eot) == len(c) - 1) or (eot not in c and len(c) == limit), c
+    ended = [c for c in comps if c and c[-1] == eot]
+    assert ended and any(len(c) > 1 for c in ended)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_sft_steps(name, tmp_path, monkeypatch):
+    _, res, _ = _train(name, tmp_path, "sft", monkeypatch, bias=0.0)
+    assert len(res.metrics) == 2 and all(math.isfinite(m["loss"]) and m["sft_nll"] > 0 for m in res.metrics)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluation_stops_at_the_same_end_of_turn(name):
+    tok, model = build_family(name, end_of_turn_bias=12.0)  # greedy: the end of turn is always the argmax
+    prompts = [ex.prompt for ex in examples(3)]
+    ids = greedy_completions(model, tok, [render_prompt_ids(tok, p) for p in prompts], max_new_tokens=6)
+    assert ids == [[eot_id(tok, name)]] * 3
+    assert ev.generate_greedy(model, tok, prompts, 6) == [""] * 3
+
+
+def test_no_chat_template_is_a_clear_error():
+    tok = build_family_tokenizer("llama3")
+    tok.chat_template = None
+    with pytest.raises(ModelError, match="no chat template"):
+        end_of_turn_ids(tok)
+
+
+def test_template_without_a_special_turn_end_is_a_clear_error():
+    tok = build_family_tokenizer("llama3")
+    tok.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    with pytest.raises(ModelError, match="ends an assistant reply with .*not a special token"):
+        end_of_turn_ids(tok)
+
+
+def test_cli_names_the_model_folder_when_its_template_has_no_turn_end(tmp_path, capsys):
+    from selfdistill.cli import main
+
+    tok = build_family_tokenizer("llama3")
+    tok.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    build_family_model("llama3", tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "What is 2 + 7?", "demonstration": "9"}\n' * 2)
+    capsys.readouterr()  # the save's progress bars
+    assert main(["train", "--model", str(tmp_path / "m"), "--data", str(data), "--output", str(tmp_path / "o"),
+                 "--max-steps", "1"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if "error" in x]  # not transformers' loading bars
+    assert len(err) == 1 and str(tmp_path / "m") in err[0] and "not a special token" in err[0]

@@ -1,0 +1,64 @@
+"""Run folders written before the package restructure (issue 23) still resume and still report unchanged.
+
+tests/data/old_layout was written by the flat-module code (commit before the restructure) with
+tests/data/old_layout/make_fixture.py: a `train` stopped after step 1 of 3 (SDFT, EMA teacher: a full resume
+checkpoint), and a finished two-run `sweep` (its trained stage models removed; reporting does not read them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import torch
+
+from helpers import DATA, build_tiny_model
+from selfdistill.config import load_config
+from selfdistill.data import Example
+from selfdistill.runs import report_folder
+from selfdistill.training import train
+
+OLD = DATA / "old_layout"
+
+
+def _cfg():  # the settings make_fixture.py trained with
+    return load_config(preset="cpu", overrides={
+        "train.max_steps": 3, "train.prompts_per_step": 2, "train.micro_batch_size": 2, "rollout.max_new_tokens": 6,
+        "optim.warmup_steps": 0, "optim.lr": 1e-3, "log.progress": False, "train.seed": 0,
+        "data.max_prompt_tokens": 2048, "data.max_teacher_prompt_tokens": 4096})
+
+
+def _examples():
+    return [Example([{"role": "user", "content": f"What is the code of thing {i}?"}], f"The code of thing {i} is c{i}.",
+                    origin=f"inline:{i + 1}") for i in range(4)]
+
+
+def test_a_train_stopped_by_the_old_layout_resumes_to_the_uninterrupted_run(tiny_tok, tmp_path):
+    run = tmp_path / "stopped_train"
+    shutil.copytree(OLD / "stopped_train", run)
+    resumed = train(_cfg(), _examples(), build_tiny_model(tiny_tok, seed=0), tiny_tok, run, resume=True)
+    assert [m["step"] for m in resumed.metrics] == [2, 3]  # steps 2 and 3 only: step 1 came from the checkpoint
+    straight = train(_cfg(), _examples(), build_tiny_model(tiny_tok, seed=0), tiny_tok, tmp_path / "straight")
+    a, b = resumed.model.state_dict(), straight.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    old_losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert old_losses == [m["loss"] for m in straight.metrics]  # step 1 (old code), steps 2-3 (resumed, new code)
+
+
+def _without_date(text: str) -> str:
+    return re.sub(r"\| date \| \d{4}-\d\d-\d\d \|", "| date | - |", text)
+
+
+def test_a_sweep_finished_by_the_old_layout_reports_unchanged(tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(OLD / "sweep", out)
+    old_md, old_results = (out / "report.md").read_text(), json.loads((out / "results.json").read_text())
+    md, html = report_folder(out)
+    assert _without_date(md.read_text()) == _without_date(old_md)
+    new_results = json.loads((out / "results.json").read_text())
+    assert {k: v for k, v in new_results.items() if k != "date"} == \
+        {k: v for k, v in old_results.items() if k != "date"}
+    assert html.is_file() and (out / "fig_frontier.png").is_file()

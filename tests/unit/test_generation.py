@@ -1,0 +1,115 @@
+"""The one generation module: plain sampling from our settings, stop ids, log-probs, abort and progress hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import build_tiny_model
+from selfdistill.contexts import render_prompt_ids
+from selfdistill.engines import (GenerationAborted, HFEngine, SamplingSpec, cut_at_stop, greedy_spec,
+                                    ignored_generation_settings)
+from selfdistill.training.batches import completion_logits, pack
+
+
+def prompts(tok, n=4):
+    return [render_prompt_ids(tok, [{"role": "user", "content": f"What is {i} + 7?" + " Hi" * i}]) for i in range(n)]
+
+
+def sample(model, tok, spec, seed=0, **kw):
+    return HFEngine(model, tok.pad_token_id).generate(prompts(tok), spec, seed=seed, **kw)
+
+
+def test_checkpoint_generation_config_is_ignored_and_named(tiny_tok, capsys):
+    """A shipped repetition_penalty / top_k / min_p changes nothing: the same samples as a plain config."""
+    spec = SamplingSpec(max_new_tokens=12, stop_ids=(tiny_tok.eos_token_id,))
+    plain = build_tiny_model(tiny_tok)
+    shipped = build_tiny_model(tiny_tok)
+    shipped.generation_config.repetition_penalty = 5.0
+    shipped.generation_config.top_k = 2
+    shipped.generation_config.min_p = 0.5
+    shipped.generation_config.do_sample = False
+    assert ignored_generation_settings(shipped) == {"repetition_penalty": 5.0, "top_k": 2, "min_p": 0.5,
+                                                    "do_sample": False}
+    a, b = sample(plain, tiny_tok, spec), sample(shipped, tiny_tok, spec)
+    assert [c.ids for c in a] == [c.ids for c in b]
+    assert "ignoring the checkpoint's generation_config (do_sample=False, top_k=2, min_p=0.5, " \
+           "repetition_penalty=5.0)" in capsys.readouterr().err
+    assert shipped.generation_config.repetition_penalty == 5.0  # restored after the call
+    # and the setting would have mattered: transformers applies it when it is passed explicitly
+    with torch.no_grad():
+        ids = torch.tensor([prompts(tiny_tok)[0]])
+        torch.manual_seed(0)
+        rp = shipped.generate(ids, max_new_tokens=12, do_sample=True, top_k=2, repetition_penalty=5.0,
+                              pad_token_id=tiny_tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    assert rp != a[0].ids[:len(rp)]
+
+
+def test_stops_at_every_stop_id_and_cuts_after_it(tiny_tok):
+    model = build_tiny_model(tiny_tok)
+    free = sample(model, tiny_tok, greedy_spec(16, (tiny_tok.eos_token_id,)))
+    # make the 4th greedy token of row 0 a stop id too: generation stops there for that row, others go on
+    extra = free[0].ids[3]
+    if extra == tiny_tok.eos_token_id:
+        pytest.fail("tiny model emitted EOS at token 4; pick another prompt")
+    both = sample(model, tiny_tok, greedy_spec(16, (tiny_tok.eos_token_id, extra)))
+    assert both[0].ids == cut_at_stop(free[0].ids, {extra}) and both[0].ids[-1] == extra
+    for f, b in zip(free, both):
+        assert b.ids == cut_at_stop(f.ids, {tiny_tok.eos_token_id, extra})
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 1.0), (1.3, 0.8)])
+def test_sampler_logprobs_are_the_sampled_distribution(tiny_tok, temperature, top_p):
+    """Log-prob of each sampled token = log_softmax(logits / T) restricted to the top-p set, recomputed by
+    teacher forcing on the trainer's packed layout."""
+    model = build_tiny_model(tiny_tok)
+    spec = SamplingSpec(max_new_tokens=10, stop_ids=(tiny_tok.eos_token_id,), temperature=temperature, top_p=top_p)
+    out = sample(model, tiny_tok, spec, want_logprobs=True)
+    batch = pack(prompts(tiny_tok), [c.ids for c in out], tiny_tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        logp_BTV = (completion_logits(model, batch) / temperature).float().log_softmax(-1)
+    for b, c in enumerate(out):
+        for t, tok in enumerate(c.ids):
+            lp = logp_BTV[b, t]
+            if top_p < 1.0:  # renormalised over the smallest set reaching top_p (the sampled token is in it)
+                p_sorted, idx = lp.exp().sort(descending=True)
+                keep = idx[(p_sorted.cumsum(0) - p_sorted) < top_p]
+                want = lp[tok] - torch.logsumexp(lp[keep], 0)
+            else:
+                want = lp[tok]
+            assert abs(c.logprobs[t] - float(want)) < 1e-4, (b, t)
+
+
+def test_should_stop_aborts_within_one_decode_step_and_progress_counts_tokens(tiny_tok):
+    model = build_tiny_model(tiny_tok)
+    spec = SamplingSpec(max_new_tokens=40, stop_ids=(tiny_tok.eos_token_id,))
+    counted = []
+    full = sample(model, tiny_tok, spec, on_tokens=counted.append)
+    assert sum(counted) == sum(len(c.ids) for c in full)  # tokens of unfinished rows, stop ids included
+    calls = []
+
+    def stop_after_5():
+        calls.append(1)
+        return len(calls) >= 5
+    with pytest.raises(GenerationAborted):
+        sample(model, tiny_tok, spec, should_stop=stop_after_5)
+    assert len(calls) == 5  # polled once per decode step; aborted at the first true
+
+
+def test_rollouts_are_sampled_in_eval_mode(tiny_tok):
+    model = build_tiny_model(tiny_tok)
+    model.train()
+    modes = []
+    model.model.layers[0].register_forward_pre_hook(lambda m, a: modes.append(m.training))
+    sample(model, tiny_tok, SamplingSpec(max_new_tokens=3, stop_ids=(tiny_tok.eos_token_id,)))
+    assert modes and not any(modes)
+    assert model.training  # restored
+
+
+def test_batched_evaluation_order_matches_one_by_one(tiny_tok):
+    model = build_tiny_model(tiny_tok)
+    ps = prompts(tiny_tok, 5)
+    spec = greedy_spec(9, (tiny_tok.eos_token_id,))
+    batched = HFEngine(model, tiny_tok.pad_token_id, batch_size=2).generate(ps, spec)
+    single = [HFEngine(model, tiny_tok.pad_token_id).generate([p], spec)[0] for p in ps]
+    assert [c.ids for c in batched] == [c.ids for c in single]

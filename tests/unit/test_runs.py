@@ -1,0 +1,36 @@
+"""runs/ pieces without a run: a method spec parsed once (its folder and family names), and the run lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from selfdistill.methods import MethodSpec
+from selfdistill.runs.store import RUN_LOCK, claim_run, release_run
+
+
+def test_method_spec_parses_once_and_names_its_folder_and_family():
+    spec = MethodSpec.parse("sft@lr=2e-5")
+    assert spec.overrides == {"train.method": "sft", "optim.lr": "2e-5"}
+    assert str(spec) == "sft@lr=2e-5" and spec.dir_name == "sft_at_lr-2e-5" and spec.family == "sft"
+    grid = MethodSpec.parse("sdft@lr=1e-4,model.lora=true,template=paper")
+    assert grid.overrides == {"train.method": "sdft", "optim.lr": "1e-4", "model.lora": "true",
+                              "context.teacher_template": "paper"}
+    assert grid.family == "sdft@model.lora=true,template=paper"
+    assert grid.dir_name == "sdft_at_lr-1e-4_model.lora-true_template-paper"
+    with pytest.raises(ValueError, match="unknown method 'ppo'"):
+        MethodSpec.parse("ppo")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        MethodSpec.parse("sft@lr")
+
+
+def test_claim_run_is_exclusive_until_released(tmp_path):
+    assert claim_run(tmp_path) is None
+    held = json.loads((tmp_path / RUN_LOCK).read_text())
+    assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+    assert claim_run(tmp_path).startswith(f"pid {os.getpid()} on {socket.gethostname()}")  # a second claimant
+    release_run(tmp_path)
+    assert claim_run(tmp_path) is None
