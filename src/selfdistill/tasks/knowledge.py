@@ -41,6 +41,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pycountry
+
 from selfdistill.tasks.base import Task, country_name, make_example
 from selfdistill.tasks.scorers import contains_word, currency_code_match
 
@@ -72,15 +74,11 @@ NON_CURRENCY = frozenset("BOV CHE CHW CLF COU MXV USN UYI UYW VED VES".split())
 
 def all_currency_codes() -> frozenset[str]:
     """Every ISO 4217 alphabetic code pycountry knows (used to recognise code tokens in outputs)."""
-    import pycountry
-
     return frozenset(c.alpha_3 for c in pycountry.currencies)
 
 
 def candidate_currencies() -> list[tuple[str, str]]:
     """``(code, name)`` of the eligible currencies, sorted by code."""
-    import pycountry
-
     out = []
     for c in pycountry.currencies:
         code = c.alpha_3

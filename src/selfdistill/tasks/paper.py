@@ -42,7 +42,7 @@ def read_split(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: not a folder (expected a datasets.save_to_disk folder)")
-    import datasets
+    import datasets  # imported on use: ~2 s, only for the paper's save_to_disk eval sets
 
     ds = datasets.load_from_disk(str(p))
     if isinstance(ds, datasets.DatasetDict):

@@ -312,7 +312,7 @@ def if_verify(output: str, instruction_id_list: list[str], kwargs: list[dict[str
     if not isinstance(output, str) or not output.strip():
         return False
     from langdetect import DetectorFactory  # the lowercase/capital checkers call langdetect: make it deterministic
-    from if_verifiable import IFEvalSample, evaluate_output_for_sample
+    from if_verifiable import IFEvalSample, evaluate_output_for_sample  # on use: only the retention_if task
 
     DetectorFactory.seed = 0
     sample = IFEvalSample(key=0, prompt=prompt, instruction_id_list=list(instruction_id_list),
