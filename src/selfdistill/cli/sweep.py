@@ -71,7 +71,7 @@ def parse_grid(items: list[str], flag: str = "--grid") -> dict[str, list[str]]:
     return grid
 
 
-def parse_methods(text: str) -> list[str]:
+def plain_methods(text: str) -> list[str]:
     """--methods of a sweep: plain method names (variants come from --lrs and --grid)."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
     for m in methods:
@@ -83,7 +83,7 @@ def parse_methods(text: str) -> list[str]:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     specs = task_specs_arg(args.tasks, args.task)
-    axes = SweepAxes(parse_methods(args.methods), parse_lrs(args.lrs), parse_grid(args.grid))
+    axes = SweepAxes(plain_methods(args.methods), parse_lrs(args.lrs), parse_grid(args.grid))
     seeds = parse_seeds(args.seeds)
     overrides: dict[str, Any] = {}
     notes: list[str] = []

@@ -11,17 +11,17 @@
 from __future__ import annotations
 
 from .base import (Completion, Engine, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, eval_mode,
-                   greedy_spec, hf_module, ignored_generation_settings, rollout_spec, stop_ids_for)
+                   greedy_spec, hf_module, ignored_generation_settings, pad_id, rollout_spec, stop_ids_for)
 from .hf import HFEngine, left_pad
 
 __all__ = ["Completion", "Engine", "GenerationAborted", "HFEngine", "SamplingSpec", "cut_at_stop", "derive_seed",
            "eval_mode", "greedy_completions", "greedy_spec", "hf_module", "ignored_generation_settings", "left_pad",
-           "make_engine", "rollout_spec", "stop_ids_for"]
+           "make_engine", "pad_id", "rollout_spec", "stop_ids_for"]
 
 
 def make_engine(kind: str, model, tokenizer, cfg=None, *, batch_size: int | None = None) -> Engine:
     """The engine named by `rollout.engine` / `--engine`: `hf` (default) or `vllm` (optional extra)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     if kind == "hf":
         return HFEngine(model, pad, batch_size)
     if kind == "vllm":
@@ -36,7 +36,6 @@ def make_engine(kind: str, model, tokenizer, cfg=None, *, batch_size: int | None
 def greedy_completions(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
                        batch_size: int = 16, engine: Engine | None = None) -> list[list[int]]:
     """Greedy completion ids for tokenised prompts (input order), cut after the first end-of-turn id."""
-    engine = engine or HFEngine(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                else tokenizer.eos_token_id, batch_size)
+    engine = engine or HFEngine(model, pad_id(tokenizer), batch_size)
     spec = greedy_spec(max_new_tokens, stop_ids_for(tokenizer, model))
     return [c.ids for c in engine.generate(prompt_ids, spec)]

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from ..contexts import render_prompt_ids
-from ..engines import eval_mode
+from ..engines import eval_mode, pad_id
 from ..engines import greedy_completions as greedy_ids
 from ..losses import divergence_from_logprobs
 from ..training.batches import completion_logits, pack
@@ -86,6 +86,6 @@ def drift_kl(base_model, tuned_model, tokenizer, prompts: Sequence[str | list[di
     msgs = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     ids = [render_prompt_ids(tokenizer, m) for m in msgs]
     comps = greedy_ids(base_model, tokenizer, ids, max_new_tokens, batch_size)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     kl, _ = mean_token_kl(base_model, ids, tuned_model, ids, comps, pad, batch_size)
     return kl

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from ..contexts import render_prompt_ids
-from ..engines import eval_mode, hf_module
+from ..engines import eval_mode, hf_module, pad_id
 from ..models import template_end_of_turn_id
 from ..training.batches import completion_logits, pack
 from .replies import model_device
@@ -41,7 +41,7 @@ def sequence_logliks(model, tokenizer, prompt_ids: list[list[int]], completions:
     if n != len(completions):
         raise ValueError(f"{n} prompts for {len(completions)} completions")
     device = model_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     order = sorted(range(n), key=lambda i: -(len(prompt_ids[i]) + len(completions[i])))
     out = [0.0] * n
     bs = max(1, int(batch_size))
@@ -109,7 +109,7 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
     if any(len(c) == 0 for cs in choices for c in cs):
         raise ValueError("every choice needs at least one token")
     device = model_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     out: list[list[float]] = [[] for _ in prompt_ids]
     bs = max(1, int(batch_size))
     with eval_mode(model), torch.inference_mode():

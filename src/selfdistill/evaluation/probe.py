@@ -13,6 +13,7 @@ from ..config import ContextConfig
 from ..contexts import render_prompt_ids, teacher_messages
 from ..data import DataError, Example
 from ..engines import greedy_completions as greedy_ids
+from ..engines import pad_id
 from ..tasks.scorers import exact_match
 from .accuracy import item_id, reference, short, summary
 from .drift import mean_token_kl
@@ -82,7 +83,7 @@ def probe(model, tokenizer, task_or_examples, ctx: ContextConfig | None = None, 
     s_ok = [bool(scorer(o, ex)) for o, ex in zip(s_out, examples)]
     t_ok = [bool(scorer(o, ex)) for o, ex in zip(t_out, examples)]
     student, teacher = summary(sum(s_ok), len(examples)), summary(sum(t_ok), len(examples))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     kl, n_tok = mean_token_kl(model, t_ids, model, s_ids, s_comps, pad, max(1, batch_size // 2))
     signal, verdict = probe_verdict(student, teacher)
     ex_out = [{"id": item_id(ex), "prompt": short(ex.prompt[-1]["content"]), "reference": reference(ex),

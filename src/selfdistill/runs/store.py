@@ -35,6 +35,11 @@ def machine() -> str:
 RUN_LOCK = "RUNNING"
 
 
+def _read_json(path: Path, missing):
+    """A JSON file of the folder, or `missing` when it has not been written yet."""
+    return json.loads(path.read_text()) if path.exists() else missing
+
+
 def claim_run(run_dir: Path) -> str | None:
     """Take a (method, seed) run for this process by creating run_dir/RUNNING exclusively (host, pid). Returns None
     when taken, else who holds it. A file left by a process that died on this host is taken over (with a
@@ -94,7 +99,7 @@ def write_plan(out: Path, title: str, model_name: str, tasks: list, task_specs: 
     """plan.json: what the folder is meant to hold. A later command on the same folder and tasks (more seeds, more
     methods, or one process per seed) extends the plan; different tasks replace it."""
     path = out / "plan.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = _read_json(path, {})
     names = [t.name for t in tasks]
     texts = [str(m) for m in methods]
     if old.get("tasks") == names:
@@ -117,7 +122,7 @@ class RunProgress:
     @classmethod
     def load(cls, run_dir: Path) -> RunProgress:
         path = run_dir / "progress.json"
-        rec = json.loads(path.read_text()) if path.exists() else {}
+        rec = _read_json(path, {})
         return cls(path, rec.get("stages", []), rec.get("checkpoints", []))
 
     def add_stage(self, record: dict, checkpoints: list[dict]) -> None:
@@ -132,8 +137,7 @@ def run_dir(out: Path, spec: MethodSpec | str, seed: int) -> Path:
 
 
 def load_base_eval(out: Path) -> dict | None:
-    path = out / "base_eval.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return _read_json(out / "base_eval.json", None)
 
 
 def save_base_eval(out: Path, base_eval: dict) -> None:
@@ -202,8 +206,7 @@ def write_results_extra(out: Path, extra: dict) -> None:
 
 
 def load_results_extra(out: Path) -> dict:
-    path = out / "results_extra.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return _read_json(out / "results_extra.json", {})
 
 
 def report_folder(out_dir: str | Path) -> tuple[Path, Path]:
