@@ -53,7 +53,7 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
     `strip_thinking` (generate tasks): score the reply without its <think>...</think> blocks; None/"auto" = on
     when the chat template has them (resolve_strip_thinking). The item's `raw_output` keeps the full reply.
     Returns {task, split, kind, scoring, n, correct, accuracy, ci95: [lo, hi], items: [{id, origin, prompt,
-    output, (raw_output), reference, correct, (choice_logliks)}]}.
+    output, (raw_output), reference, correct, (choice_logliks), (the task's item_fields and annotate keys)}]}.
     """
     items = _select(task, split, limit)
     records = []
@@ -75,7 +75,9 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
             o = scored_text(tokenizer, p, c, strip)
             ok = bool(task.score(o, ex))
             rec = {"id": item_id(ex), "origin": ex.origin, "prompt": short(ex.prompt[-1]["content"]),
-                   "output": o, "reference": reference(ex), "correct": ok}
+                   "output": o, "reference": reference(ex), "correct": ok,
+                   **{k: ex.extra[k] for k in task.item_fields if k in ex.extra},
+                   **(task.annotate(o, ex) if task.annotate else {})}
             if strip:
                 rec["raw_output"] = decode_completion(tokenizer, c)
             records.append(rec)
@@ -88,6 +90,24 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
     if groups:
         out["groups"] = groups
     return out
+
+
+def item_table(task, result: dict) -> dict | None:
+    """Every item of a generate task's result as columns: ``ids``; ``fields``: the task's ``item_fields`` (what the
+    item is, e.g. its distance); ``outcomes``: ``correct`` and the ``annotate`` keys (what the reply did; booleans
+    as 0/1). None for multiple-choice tasks and tasks with neither item_fields nor annotate."""
+    recs = result.get("items", [])
+    if task.kind != "generate" or not (task.item_fields or task.annotate) or not recs:
+        return None
+    fields = [k for k in task.item_fields if k in recs[0]]
+    outcomes = ["correct", *(k for k in recs[0] if k not in _RECORD_KEYS and k not in task.item_fields)]
+    return {"ids": [r["id"] for r in recs],
+            "fields": {k: [r[k] for r in recs] for k in fields},
+            "outcomes": {k: [int(r[k]) for r in recs] for k in outcomes}}
+
+
+_RECORD_KEYS = frozenset({"id", "origin", "prompt", "output", "raw_output", "reference", "correct", "group",
+                          "choice_logliks"})
 
 
 def item_group(ex: Example) -> str | None:

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from .. import metrics as M
 from ..methods import family_of
+from . import distance as D
 from .cells import Estimate, is_nan, seed_word, stage_labels, stage_task
 from .stats import Groups, base_point, cell_n, cell_stats, family_points, n_stages, series_stats, \
     stage_checkpoints, stage_points
@@ -287,3 +288,45 @@ def plot_curves(groups: Groups, out: Path) -> Path | None:
     fig.suptitle(_wrap_to(fig, "Training curves (losses of different methods are different objectives; "
                           "compare shapes, not levels)"), fontsize=9)
     return _save(fig, out / "fig_training_curves.png")
+
+
+# --------------------------------------------------------------------------- #
+# Accuracy by generalisation distance
+# --------------------------------------------------------------------------- #
+
+
+def plot_distance(results: Mapping[str, Any], groups: Groups, out: Path) -> Path | None:
+    """One panel per method family: accuracy on the trained facts per phrasing (nearest first), one line per
+    learning rate (mean over seeds, t-interval; Wilson for one seed); dotted: the same on never-trained control
+    facts; grey: the base model."""
+    ph = D.phrasings(results)
+    if not ph:
+        return None
+    fams: dict[str, list[str]] = {}
+    for m in groups:
+        fams.setdefault(family_of(m), []).append(m)
+    fig, axes = _new_fig(5.4 * len(fams) + 0.6, 4.4, 1, len(fams))
+    x = np.arange(len(ph))
+    first = next(iter(groups.values()))
+    for ax, (fam, specs) in zip(axes[0], fams.items()):
+        y, _ = _err([D.phrasing_estimate(first, p, stage=0) for p in ph])
+        ax.plot(x, y, color="grey", marker="*", lw=1, label="base model")
+        for k, m in enumerate(specs):
+            stats = [D.phrasing_estimate(groups[m], p) for p in ph]
+            y, yerr = _err(stats)
+            color = _FALLBACK_COLORS[k % len(_FALLBACK_COLORS)] if len(specs) > 1 else _color(fam, list(fams))
+            shift = (k - (len(specs) - 1) / 2) * 0.06
+            ax.errorbar(x + shift, y, yerr=yerr, marker=_MARKERS[k % 8], capsize=3, color=color,
+                        label=f"{m} ({seed_word(len(groups[m]))})")
+            ctrl = [D.phrasing_estimate(groups[m], p, D.CONTROL) for p in ph]
+            if not all(is_nan(s[0]) for s in ctrl):
+                ax.plot(x + shift, _err(ctrl)[0], ls=":", color=color, lw=1)
+        ax.set_xticks(x, [D.label_of(p) for p in ph], rotation=25, ha="right", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("accuracy on the trained facts")
+        ax.set_title(f"{fam}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_wrap_to(fig, "Accuracy by distance from the training question (final models; bars: 95% "
+                          "t-interval over seeds; dotted: the same run on never-trained control facts)"), fontsize=9)
+    return _save(fig, out / "fig_distance.png")

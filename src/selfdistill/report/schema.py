@@ -62,6 +62,14 @@ class RetentionItems(TypedDict):
     margin: NotRequired[list[list[float] | None]]  # correct choice's log-likelihood minus the best other's (nats)
 
 
+class ItemTable(TypedDict):
+    """Every test item of a task, item by item (tasks with item fields or annotations, e.g. the battery)."""
+
+    ids: list[str]
+    fields: dict[str, list[Any]]  # what each item is: {"phrasing": [...], "distance": [...], "fact_set": [...]}
+    outcomes: dict[str, list[list[int] | None]]  # per stage (row 0 = base): {"correct": [0/1 per item], ...}
+
+
 class Run(TypedDict):
     """One (method, seed)."""
 
@@ -78,6 +86,7 @@ class Run(TypedDict):
     also: NotRequired[dict[str, AlsoEval]]  # {label: ...} of tasks evaluated but never trained on
     train_seconds: NotRequired[list[float]]  # per stage; not shown
     groups: NotRequired[dict[str, dict[str, list[float | None]]]]  # {task: {group: accuracy per stage}}; not shown
+    item_tables: NotRequired[dict[str, ItemTable]]  # {task or also-evaluated label: its items}; accuracy by distance
 
 
 class Probe(TypedDict, total=False):

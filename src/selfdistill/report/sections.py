@@ -9,6 +9,8 @@ from typing import Any, Mapping
 from .. import metrics as M
 from .cells import agg_cell, ci, estimate_cell, num, seed_word, signed_num, stage_labels
 from .plots import plot_accuracy, plot_curves, plot_frontier, plot_series, plot_tradeoff
+from . import distance as D
+from .lead import lead_section
 from .render import Block
 from .stats import Groups, acquisition_rows, by_method, cell_stats, forgetting_tables, frontier_rows, prop_cell
 
@@ -24,19 +26,23 @@ def build_blocks(results: Mapping[str, Any], out: Path) -> list[Block]:
     tasks = list(results["tasks"])
     groups = by_method(results)
     summ = M.summarize_results(results)
+    lead = lead_section(results, groups, summ, out)
+    shown = {b[1] for b in lead if b[0] == "img"}  # the lead's figure is not repeated under Figures
     return [
         ("h1", report_title(results)),
         *partial_section(results),
+        *lead,
         *header_section(results, groups),
         *probe_section(results.get("probe")),
         *summary_section(tasks, groups, summ),
         *per_run_section(summ),
         *matrices_section(tasks, groups, summ),
         *also_evaluated_section(groups),
+        *distance_section(results, groups),
         *acquisition_section(groups),
         *forgetting_section(results),
         *frontier_section(results),
-        *figures_section(results, groups, out),
+        *(b for b in figures_section(results, groups, out) if not (b[0] == "img" and b[1] in shown)),
         *config_section(results.get("config")),
         *notes_section(results.get("notes") or []),
         *files_section(),
@@ -212,6 +218,52 @@ def _also_cell(rs: list[Mapping[str, Any]], label: str, idx: int) -> str:
     recs = [r["also"][label] for r in rs if label in (r.get("also") or {})]
     vals = [rec["accuracy"][idx] for rec in recs if rec["accuracy"]]
     return prop_cell(vals, [rec["n"] for rec in recs][:len(vals)]) if vals else "n/a"
+
+
+def distance_section(results: Mapping[str, Any], groups: Groups) -> list[Block]:
+    """Accuracy and attempt rate per phrasing (distance from the training question), the same on never-trained
+    control facts, per fact set, and SDFT − SFT per distance (:mod:`.distance`)."""
+    ph = D.phrasings(results)
+    if not ph:
+        return []
+    first = next(iter(groups.values()))
+    head = ["model", "seeds", *(D.label_of(p) for p in ph)]
+
+    def rows(label: str, key: str) -> list[list[str]]:
+        base = [["base", "–", *(estimate_cell(D.phrasing_estimate(first, p, label, 0, key)) for p in ph)]]
+        return base + [[m, str(len(rs)), *(estimate_cell(D.phrasing_estimate(rs, p, label, -1, key)) for p in ph)]
+                       for m, rs in groups.items()]
+    b: list[Block] = [
+        ("h2", "Accuracy by distance from the training question"),
+        ("p", "The trained facts asked with the training question (1), a light rewording (2), another sentence "
+         "structure sharing no phrase with it beyond the entity (3), the entity named differently (4), and the fact "
+         "used in a task or asked in reverse (5). Final models; mean over seeds with a 95% t-interval (one seed: "
+         "Wilson over items, ᵂ)."),
+        ("table", head, rows(D.TRAINED, "accuracy")),
+        ("h3", "Replies that answered in the right form (attempted), right or wrong"),
+        ("p", "The share of replies holding an answer of the asked form (a valid code of the set; for reverse "
+         "questions, a name of the set's kind). Accuracy far below this rate = the model answers with the wrong "
+         "fact; both low = it stopped answering (e.g. restates the question)."),
+        ("table", head, rows(D.TRAINED, "attempted"))]
+    if any(D.CONTROL in r.get("item_tables", {}) for r in results["runs"]):
+        b += [("h3", "Control: never-trained facts of the same kind, asked the same ways"),
+              ("p", "What answering in the right form earns without the fact (guessing, a code's letters following "
+               "the name or the issuing country): read the trained facts' accuracy against this."),
+              ("table", head, rows(D.CONTROL, "accuracy"))]
+    best = D.best_specs(results, groups)
+    b += [("h3", "Per fact set, at each method's best rate (mean over seeds)"),
+          ("table", ["model", "fact set", *(D.label_of(p) for p in ph)], D.set_rows(results, groups, list(best.values())))]
+    if {"sdft", "sft"} <= set(best):
+        b += [("h3", "SDFT − SFT per distance, paired by seed"),
+              ("p", f"Best rate: per method, the learning rate with the highest mean accuracy on the trained facts "
+               f"among those losing at most {D.RETENTION_DROP:.2f} of mean retention against the base model "
+               f"(here SDFT {best['sdft']}, SFT {best['sft']}). Equal retention: per seed, each method's best "
+               "accuracy at that distance among its runs (any rate) keeping retention at or above base − drop. "
+               "Mean difference with a t-interval over seeds; n = seeds compared."),
+              ("table", ["distance", "at the best rates", *(f"at equal retention (drop ≤ {d:.2f})"
+                                                             for d in D.EQUAL_RETENTION_DROPS)],
+               D.difference_rows(results, groups))]
+    return b
 
 
 def acquisition_section(groups: Groups) -> list[Block]:

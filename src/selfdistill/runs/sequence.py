@@ -26,7 +26,7 @@ from ..methods import MethodSpec
 from ..models import load_model
 from ..tasks import Task, get_task, task_from_spec
 from .options import SequenceOptions
-from .stages import StageContext, evaluate_stage, knowledge_variants, run_stages
+from .stages import StageContext, evaluate_stage, companion_tasks, run_stages
 from .store import (RUN_LOCK, RunProgress, claim_run, load_base_eval, machine, release_run, report_folder, run_dir,
                     run_record, save_base_eval, write_plan, write_results_extra)
 
@@ -55,7 +55,7 @@ def run_sequence(task_specs: list, methods: list[MethodSpec], opts: SequenceOpti
         model, tokenizer, _ = load_model(opts.model_name, dtype=cfg.model.dtype)
     ctx = StageContext(opts, tasks, task_specs, tokenizer, copy.deepcopy(model).eval(),
                        opts.retention or get_task("retention"),
-                       {**{k: v for t in tasks for k, v in knowledge_variants(t).items()}, **opts.also_eval})
+                       {**{k: v for t in tasks for k, v in companion_tasks(t).items()}, **opts.also_eval})
     notes = list(opts.notes) + [t.description for t in tasks if t.info.get("whole_file")]
     _say_whole_file(tasks)
     write_results_extra(out, {"config": to_dict(cfg), "notes": notes, "machine": machine(),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, flatten, load_config, to_dict
-from ..evaluation import DRIFT_PROMPTS, drift_kl, evaluate_task
+from ..evaluation import DRIFT_PROMPTS, drift_kl, evaluate_task, item_table
 from ..methods import MethodSpec
 from ..models import load_model
 from ..tasks import Task, get_task
@@ -55,11 +55,14 @@ def evaluate_stage(ctx: StageContext, model, tasks: list[Task], *, drift: bool, 
     also = {k: evaluate_task(model, tok, t, "test", limit, bs) for k, t in also_eval.items()}
     kl = drift_kl(ctx.base_model, model, tok, DRIFT_PROMPTS[:ctx.opts.drift_prompts or None]) if (
         drift and ctx.base_model is not model) else 0.0
+    by_label = {**{t.name: (t, accs[t.name]) for t in tasks}, **{k: (t, also[k]) for k, t in also_eval.items()}}
+    tables = {k: tab for k, (t, r) in by_label.items() if (tab := item_table(t, r)) is not None}
     return {"tasks": {k: _acc(v) for k, v in accs.items()},
             "also": {k: _acc(v) for k, v in also.items()},
             "retention": {**_acc(ret), **retention_items(ctx.retention, ret)},
             "drift": kl,
-            "items": {k: v.get("items", [])[:50] for k, v in accs.items()}}
+            "items": {k: v.get("items", [])[:50] for k, v in accs.items()},
+            **({"item_tables": tables} if tables else {})}
 
 
 def _acc(r: dict) -> dict:
@@ -83,8 +86,12 @@ def retention_items(task, result: dict) -> dict:
     return out
 
 
-def knowledge_variants(task) -> dict:
-    """{label: task} of the knowledge questions in the phrasings `task` is not tested on (never trained on)."""
+def companion_tasks(task) -> dict:
+    """{label: task} evaluated beside `task` but never trained on: the knowledge questions in the phrasings `task`
+    is not tested on; the battery's never-trained control facts."""
+    if task.name == "battery":
+        return {"battery, control (never trained)": get_task("battery_control", **{
+            k: task.info[k] for k in ("n_per_set", "n_control", "seed")}, sets="+".join(task.info["sets"]))}
     if task.name != "knowledge" or task.info.get("test_phrasing") == "all":
         return {}
     labels = {"train": "knowledge, training phrasing", "reworded": "knowledge, reworded",

@@ -197,7 +197,20 @@ def run_record(spec: str, seed: int, task_names: list[str], base_eval: dict, pro
         "groups": {t: {g: [e["tasks"][t].get("groups", {}).get(g, {}).get("accuracy") for e in evals]
                        for g in base_eval["tasks"][t].get("groups", {})} for t in task_names
                    if base_eval["tasks"][t].get("groups")},
+        **({"item_tables": item_tables(evals)} if base_eval.get("item_tables") else {}),
     }
+
+
+def item_tables(evals: list[dict]) -> dict:
+    """{label: {ids, fields, outcomes: {name: [per evaluation (base, stage 1, ...): [0/1 per item]]}}}, for the
+    tasks evaluated item by item (evaluation.item_table); a stage without a label's table gives None there."""
+    out = {}
+    for label, base in evals[0]["item_tables"].items():
+        stages = [e.get("item_tables", {}).get(label) for e in evals]
+        out[label] = {"ids": base["ids"], "fields": base["fields"],
+                      "outcomes": {k: [None if t is None else t["outcomes"][k] for t in stages]
+                                   for k in base["outcomes"]}}
+    return out
 
 
 def write_results_extra(out: Path, extra: dict) -> None:

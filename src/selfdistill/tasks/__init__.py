@@ -7,6 +7,8 @@ name                        what                                                
 ==========================  ==========================================================================  =========
 ``tooluse``                 BFCL v4 simple_python, 300 train / 100 test (:mod:`.tooluse`)               Apache-2.0
 ``knowledge``               ISO 4217 codes of 64 lesser-known currencies; 4 test phrasings (:mod:`.knowledge`)  LGPL-2.1
+``battery``                 4 ISO fact sets x 8 facts, 6 test phrasings at 5 distances (:mod:`.battery`)   LGPL-2.1
+``battery_control``         the battery's never-trained control facts (eval-only)                       LGPL-2.1
 ``retention``               120 multiple-choice prior-capability probes, eval-only (:mod:`.retention`)  see module
 ``retention_if``            21 IFEval-style instruction-following items, eval-only                      see module
 ``paper_tooluse:<path>``    the SDFT paper's tool-use data from a local folder (:mod:`.paper`)          none found
@@ -23,12 +25,13 @@ options ``scorer``, ``test`` (a separate test file), ``split`` (a fraction or a 
 from __future__ import annotations
 
 import difflib
+import functools
 import random
 from pathlib import Path
 from typing import Any, Callable
 
 from selfdistill.data import DataError, load_examples
-from selfdistill.tasks import knowledge, paper, retention, tooluse
+from selfdistill.tasks import battery, knowledge, paper, retention, tooluse
 from selfdistill.tasks.base import Task, check_mc_example, mc_correct, mc_predicted_index
 from selfdistill.tasks.scorers import contains_word, exact_match, function_call_match, regex_match
 
@@ -39,6 +42,8 @@ __all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_pred
 _TASKS: dict[str, Callable[..., Task]] = {
     "tooluse": tooluse.load_task,
     "knowledge": knowledge.load_task,
+    "battery": battery.load_task,
+    "battery_control": functools.partial(battery.load_task, control=True),
     "retention": retention.load_task,
     "retention_if": retention.load_if_task,
 }

@@ -37,6 +37,10 @@ class Task:
     source_and_license: str = ""
     max_new_tokens: int = 256
     info: dict[str, Any] = field(default_factory=dict)  # loader parameters, counts; free-form, for reports
+    # generate tasks: more per-item facts for the results (e.g. {"attempted": bool}: did the reply answer in the
+    # right form at all), and the `extra` keys every item's record carries (e.g. its phrasing's distance)
+    annotate: Callable[[str, "Example"], dict[str, Any]] | None = None
+    item_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
