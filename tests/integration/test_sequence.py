@@ -12,7 +12,9 @@ import pytest
 import selfdistill.runs.stages as tr
 from helpers import build_tiny_model
 from selfdistill.config import load_config
+from selfdistill.evaluation import evaluate_task
 from selfdistill.methods import MethodSpec
+from selfdistill.models import load_model
 from selfdistill.runs import SequenceOptions, run_sequence
 from selfdistill.runs.store import RUN_LOCK, collect_results
 from selfdistill.tasks import get_task
@@ -84,8 +86,6 @@ def test_two_stage_sequence_resumes_between_stages(tiny_tok, tmp_path, monkeypat
 
 
 def test_also_eval_is_recorded_per_stage_and_equals_a_direct_evaluation(tiny_tok, tmp_path):
-    from selfdistill.evaluation import evaluate_task
-    from selfdistill.models import load_model
     # multiple choice by log-likelihood: a random tiny model gets some items right, so the equality below is
     # between non-trivial numbers (checked: neither 0 nor 1)
     ids = ["capital-FR", "capital-IE", "capital-NO", "add-1-5", "add-2-3", "add-2-9", "fact-sky-color",
@@ -127,3 +127,22 @@ def test_runs_held_by_a_live_process_are_skipped_and_a_dead_holder_is_taken_over
         sleeper.wait()
     res = _seq(["knowledge"], methods, out, tiny_tok, ["capital-FR", "capital-DE"], drift=False)
     assert [r["method"] for r in res["runs"]] == methods
+
+
+def test_battery_items_are_recorded_with_their_distance_at_every_stage(tiny_tok, tmp_path):
+    task = get_task("battery", n_per_set=1, n_control=1)
+    res = run_sequence([task], [MethodSpec.parse("sft@lr=2e-3")],
+                       SequenceOptions(tmp_path, _cfg(), batch_size=8, drift=False,
+                                       retention=get_task("retention", filter_ids=["capital-FR"])),
+                       model=build_tiny_model(tiny_tok), tokenizer=tiny_tok)
+    tabs = res["runs"][0]["item_tables"]
+    assert set(tabs) == {"battery", "battery, control (never trained)"}
+    t = tabs["battery"]
+    assert t["ids"] == [ex.extra["id"] for ex in task.test]
+    assert t["fields"]["distance"] == [ex.extra["distance"] for ex in task.test]
+    assert len(t["outcomes"]["correct"]) == 2  # base + one stage
+    final, _, _ = load_model(str(tmp_path / "sft_at_lr-2e-3" / "seed0" / "stage1"))
+    direct = evaluate_task(final, tiny_tok, task, "test", 0, 8)["items"]
+    assert t["outcomes"]["correct"][1] == [int(r["correct"]) for r in direct]
+    assert t["outcomes"]["attempted"][1] == [int(r["attempted"]) for r in direct]
+    assert "## Accuracy by distance from the training question" in (tmp_path / "report.md").read_text()
