@@ -62,6 +62,9 @@ class Engine(Protocol):
 
     def sync_weights(self, model) -> None: ...
 
+    def close(self) -> None:
+        """Free what the engine holds (vLLM: its weights and KV cache); the engine is not used afterwards."""
+
 
 def pad_id(tokenizer) -> int:
     """The id batches are padded with: the tokenizer's pad token, else its EOS."""

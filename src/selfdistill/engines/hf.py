@@ -52,6 +52,9 @@ class HFEngine:
     def sync_weights(self, model) -> None:  # generates on the live weights
         self.model = model
 
+    def close(self) -> None:  # holds nothing of its own
+        self.model = None
+
     def generate(self, prompt_ids, spec: SamplingSpec, *, seed=None, want_logprobs=False, should_stop=None,
                  on_tokens=None) -> list[Completion]:
         if not prompt_ids:

@@ -37,6 +37,7 @@ its own engine for its own prompts (as TRL's colocate mode).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -288,12 +289,18 @@ class VLLMEngine:
         return Completion(ids, lps)
 
     def close(self) -> None:
-        """Free the engine (and its temporary model folder)."""
+        """Free the engine: its engine core, weights and KV cache (collected now, and on CUDA returned to the
+        device), and its temporary model folder. Training closes the engine it started when it ends (success,
+        stop or error), so a continual sequence holds one engine at a time."""
         llm = getattr(self, "llm", None)
         if llm is not None:
             with contextlib.suppress(Exception):
                 llm.llm_engine.engine_core.shutdown()
             self.llm = None
+            del llm
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -163,6 +163,15 @@ def train(cfg: Config, examples: list[Example], model, tokenizer, output_dir: st
     """
     run = setup(cfg, examples, model, tokenizer, Path(output_dir), resume=resume, overwrite=overwrite,
                 accelerator=accelerator)
+    try:
+        return _train_steps(run, on_step, eval_every, stop_after)
+    finally:
+        run.close()  # the rollout engine it started: on success, stop and error alike
+
+
+def _train_steps(run: Run, on_step, eval_every: int, stop_after: int | None) -> TrainResult:
+    """The steps of `train` on a set-up run, then the final save."""
+    cfg, tokenizer = run.cfg, run.tokenizer
     main, history, steps_this_call, t_start = run.acc.is_main_process, [], 0, time.perf_counter()
     log, progress, stop = MetricsLog(run), Progress(run, main and cfg.log.progress), StopFlag()
     stopped_early = False

@@ -149,6 +149,12 @@ class Run:
     def amp(self):
         return torch.autocast(device_type=self.acc.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
+    def close(self) -> None:
+        """Close the rollout engine `setup` started (vLLM: frees its weights and KV cache)."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
 
 def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, resume: bool, overwrite: bool,
           accelerator=None) -> Run:
@@ -193,7 +199,11 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
               data_order(len(encoded), cfg.train.seed, cfg.data.shuffle, cfg.train.max_steps * P), engine, spec,
               autocast, save_dtype=save_dtype if save_dtype != torch.float32 else None, strategy=strategy)
     if resume:
-        _resume(run)
+        try:
+            _resume(run)
+        except BaseException:
+            run.close()
+            raise
     return run
 
 
