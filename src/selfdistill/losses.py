@@ -332,6 +332,22 @@ def reduce_per_sequence_mean(
 
 
 @torch.no_grad()
+def token_logprobs_BT(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+    """``log_softmax(logits)[ids]`` per position, detached float32 ``[B, T]``, computed ``chunk_size`` positions
+    at a time as the token's logit minus the position's log-sum-exp: no ``[B, T, V]`` float32 copy (or
+    log-softmax) is made, only one ``[chunk_size, V]`` float32 chunk at a time."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    B, T, V = logits_BTV.shape
+    flat_NV, ids_N = logits_BTV.detach().reshape(B * T, V), ids_BT.reshape(B * T)
+    out_N = torch.empty(B * T, dtype=torch.float32, device=logits_BTV.device)
+    with torch.no_grad():
+        for s in range(0, B * T, chunk_size):
+            x_nV = flat_NV[s:s + chunk_size].float()
+            out_N[s:s + chunk_size] = x_nV.gather(-1, ids_N[s:s + chunk_size, None]).squeeze(-1) - x_nV.logsumexp(-1)
+    return out_N.view(B, T)
+
+
 def sequence_importance_weights(
     train_logprobs_BT: torch.Tensor,
     sampler_logprobs_BT: torch.Tensor,

@@ -55,6 +55,7 @@ class Completion:
 
 class Engine(Protocol):
     name: str
+    uses_live_model: bool  # generates with the trainer's own module (hf: under its autocast) or a copy (vLLM)
 
     def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec, *, seed: int | None = None,
                  want_logprobs: bool = False, should_stop: Callable[[], bool] | None = None,

@@ -45,6 +45,7 @@ class HFEngine:
     otherwise prompts are sorted longest first and decoded in batches of that size (evaluation)."""
 
     name = "hf"
+    uses_live_model = True
 
     def __init__(self, model, pad_id: int, batch_size: int | None = None):
         self.model, self.pad_id, self.batch_size = model, pad_id, batch_size

@@ -180,6 +180,7 @@ def _placement(config, dtype: str, max_model_len: int, gpu_memory_utilization: f
 
 class VLLMEngine:
     name = "vllm"
+    uses_live_model = False  # its own copy of the weights, in its own dtype: never under the trainer's autocast
 
     def __init__(self, model_path_or_model, tokenizer=None, *, dtype: str = "float32", max_model_len: int = 2048,
                  gpu_memory_utilization: float = 0.3, seed: int = 0, kv_cache_seqs: int = 8,

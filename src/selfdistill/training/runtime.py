@@ -178,7 +178,7 @@ def save_final(model, tokenizer, out: Path, cfg: Config, dtype: torch.dtype | No
         if "teacher" in merged.peft_config:
             merged.delete_adapter("teacher")
         merged = merged.merge_and_unload()
-        merged.save_pretrained(out, safe_serialization=True)
+        (merged.to(dtype) if dtype is not None else merged).save_pretrained(out, safe_serialization=True)
     elif dtype is not None:
         copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
     else:

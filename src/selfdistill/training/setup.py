@@ -93,11 +93,17 @@ def build_model_for_training(model, cfg: Config):
 
 def float32_master_weights(model, cfg: Config) -> tuple[object, bool]:
     """bf16 weights train as float32 master weights with bf16 compute (autocast): AdamW on bf16 weights loses
-    every update below bf16's resolution (2**-8 relative). Returns (model, autocast on?). The final model is
-    saved in bf16 again. Memory: 4 bytes per weight instead of 2 while training; see docs/multi_gpu.md."""
+    every update below bf16's resolution (2**-8 relative). Returns (model, autocast on?). LoRA: only the adapter
+    (the trained weights) becomes float32; the frozen base stays in its loaded dtype. The final model is saved in
+    the loaded dtype again. Memory: 4 bytes per trained weight instead of 2; see docs/multi_gpu.md."""
     floating = [p for p in model.parameters() if p.is_floating_point()]
     if not any(p.dtype == torch.bfloat16 for p in floating):
         return model, cfg.train.bf16
+    if hasattr(model, "peft_config"):
+        for p in floating:
+            if p.requires_grad:
+                p.data = p.data.float()
+        return model, True
     return model.float(), True
 
 

@@ -18,6 +18,7 @@ actually sampled from.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -38,15 +39,19 @@ def tempered(logits_BTV: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits_BTV if temperature == 1.0 else logits_BTV / temperature
 
 
-def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[float]], cfg: Config):
-    """Truncated IS weight per sequence (trainer log-probs vs the sampler's), and the fraction of loss tokens
-    whose ratio hit the cap."""
-    train_lp_BT = student_logits_BTV.detach().float().log_softmax(-1).gather(
-        -1, sb.completion_ids_BT.unsqueeze(-1)).squeeze(-1)
+def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[float]], cfg: Config,
+                       keep_BT: torch.Tensor | None = None):
+    """Truncated IS weight per sequence (trainer log-probs vs the sampler's) over exactly the loss's tokens (the
+    first skip_first_tokens and, with loss.mask_reasoning, the reasoning blocks left out), and the fraction of
+    those tokens whose ratio hit the cap. The trainer's log-probs are computed chunk by chunk
+    (losses.token_logprobs_BT): no [B, T, V] float32 tensor besides the logits."""
+    train_lp_BT = losses.token_logprobs_BT(student_logits_BTV, sb.completion_ids_BT, cfg.loss.chunk_size or 256)
     sampler_BT = torch.zeros_like(train_lp_BT)
     for b, lp in enumerate(sampler_lps):
         sampler_BT[b, :len(lp)] = torch.tensor(lp)
     mask_BT = losses.build_loss_mask(sb.completion_mask_BT, cfg.loss.skip_first_tokens).bool()
+    if keep_BT is not None:
+        mask_BT = mask_BT & keep_BT.bool()
     capped = ((train_lp_BT - sampler_BT) >= math.log(cfg.loss.importance_cap)) & mask_BT
     capped_frac = float(capped.sum()) / max(float(mask_BT.sum()), 1.0)
     return losses.sequence_importance_weights(train_lp_BT, sampler_BT, mask_BT,
@@ -80,8 +85,10 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
 
     t0 = time.perf_counter()
     # 1. rollout: the student samples from the prompt alone (FSDP2: every layer gathered once, then decoding
-    # runs without collectives, so ranks may finish at different lengths)
-    with amp(), distributed.unsharded(model):
+    # runs without collectives, so ranks may finish at different lengths). bf16 autocast only where the engine
+    # runs the trainer's module (hf); vLLM computes in its own, explicit dtype.
+    rollout_amp = amp if engine.uses_live_model else contextlib.nullcontext
+    with rollout_amp(), distributed.unsharded(model):
         rollouts = engine.generate(student_prompts, spec, seed=seed, want_logprobs=cfg.loss.importance_weights,
                                    should_stop=should_stop, on_tokens=on_tokens)
     completions = [r.ids for r in rollouts]
@@ -95,9 +102,9 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     sb = pack(student_prompts, completions, tokenizer.pad_token_id, device)
     with amp():  # 3. the student scores them with gradient
         student_logits_BTV = tempered(completion_logits(model, sb), T)
-    weights_B, capped_frac = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg) \
-        if cfg.loss.importance_weights else (None, None)
     keep_BT = reasoning_keep_mask(tokenizer, student_prompts, sb) if cfg.loss.mask_reasoning else None
+    weights_B, capped_frac = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg,
+                                                keep_BT) if cfg.loss.importance_weights else (None, None)
     loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
         student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT, losses.DivergenceSpec.from_config(cfg.loss),
         skip_first_tokens=cfg.loss.skip_first_tokens,

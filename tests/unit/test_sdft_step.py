@@ -1,0 +1,143 @@
+"""One SDFT micro-step against its definition computed another way: the loss is the divergence of the tempered
+teacher and student logits on the rollouts; the importance weights cover exactly the loss's tokens and never
+build a [B, T, V] float32 tensor; an engine with its own weights samples outside the trainer's autocast; LoRA
+keeps its frozen base in the loaded dtype."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from helpers import build_tiny_model, examples, final_weights
+from selfdistill.config import load_config
+from selfdistill.contexts import encode_examples
+from selfdistill.engines import Completion, rollout_spec
+from selfdistill.losses import DivergenceSpec, distillation_loss, sequence_importance_weights, token_logprobs_BT
+from selfdistill.training import train
+from selfdistill.training.batches import completion_logits, pack
+from selfdistill.training.steps import importance_weights, sdft_micro_step
+from selfdistill.training.teacher import Teacher
+
+COMPLETIONS = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
+
+
+class FixedEngine:
+    """Returns fixed completions; records whether bf16 autocast was on while it generated."""
+    name, uses_live_model = "fixed", False
+
+    def __init__(self, completions, logprobs=None):
+        self.completions, self.logprobs, self.autocast_seen = completions, logprobs, None
+
+    def generate(self, prompt_ids, spec, *, seed=None, want_logprobs=False, should_stop=None, on_tokens=None):
+        self.autocast_seen = torch.is_autocast_enabled("cpu")
+        lps = self.logprobs or [[0.0] * len(c) for c in self.completions]
+        return [Completion(list(c), lp if want_logprobs else None) for c, lp in zip(self.completions, lps)]
+
+    def sync_weights(self, model):
+        pass
+
+    def close(self):
+        pass
+
+
+def _step(tok, cfg, engine, amp=contextlib.nullcontext):
+    model = build_tiny_model(tok, seed=0)
+    teacher = Teacher(model, "ema", 0.01)
+    with torch.no_grad():  # a teacher that differs from the student
+        for p in teacher.copy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    items, _ = encode_examples(tok, examples(2), cfg.data, cfg.context)
+    timings = {"generate": 0.0, "teacher": 0.0, "student": 0.0}
+    loss, metrics, _ = sdft_micro_step(model, teacher, engine, rollout_spec(cfg.rollout, [tok.eos_token_id]), tok,
+                                       items, cfg, 0, 2, amp, timings)
+    return model, teacher, items, loss, metrics
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_sdft_loss_is_the_divergence_of_the_tempered_teacher_and_student(tiny_tok, temperature):
+    cfg = load_config(overrides={"rollout.temperature": temperature, "loss.skip_first_tokens": 1,
+                                 "train.bf16": False})
+    model, teacher, items, loss, _ = _step(tiny_tok, cfg, FixedEngine(COMPLETIONS))
+    pad = tiny_tok.pad_token_id
+    with torch.no_grad():
+        s = completion_logits(model, pack([e.student_prompt_ids for e in items], COMPLETIONS, pad, "cpu")).float()
+        t = completion_logits(teacher.copy, pack([e.teacher_prompt_ids for e in items], COMPLETIONS, pad,
+                                                 "cpu")).float()
+        mask = pack([e.student_prompt_ids for e in items], COMPLETIONS, pad, "cpu").completion_mask_BT
+        want, _ = distillation_loss(s / temperature, t / temperature, mask, DivergenceSpec.from_config(cfg.loss),
+                                    skip_first_tokens=1, num_sequences_total=2)
+        untempered_teacher, _ = distillation_loss(s / temperature, t, mask, DivergenceSpec.from_config(cfg.loss),
+                                                  skip_first_tokens=1, num_sequences_total=2)
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    if temperature != 1.0:  # the check can tell a teacher left untempered apart
+        assert abs(float(untempered_teacher) - float(want)) > 1e-3 * abs(float(want))
+
+
+def test_an_engine_with_its_own_weights_samples_outside_the_trainers_autocast(tiny_tok):
+    cfg = load_config(overrides={"train.bf16": True})
+    engine = FixedEngine(COMPLETIONS)
+    _step(tiny_tok, cfg, engine, amp=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert engine.autocast_seen is False
+
+
+def test_token_logprobs_equal_log_softmax_for_any_chunk():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 50, generator=g)
+    ids = torch.randint(0, 50, (3, 7), generator=g)
+    want = x.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    for chunk in (1, 4, 21, 1000):
+        assert torch.allclose(token_logprobs_BT(x, ids, chunk), want, atol=1e-6)
+    assert torch.allclose(token_logprobs_BT(x.bfloat16(), ids, 5),
+                          x.bfloat16().float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1), atol=1e-6)
+
+
+def _packed(B, T, V):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    sb = pack([[1, 2]] * B, ids.tolist(), 0, "cpu")
+    return torch.randn(B, T, V, generator=g), sb
+
+
+def test_importance_weights_peak_memory_is_a_chunk_not_the_whole_logits():
+    B, T, V = 4, 128, 16_000
+    logits, sb = _packed(B, T, V)
+    cfg = load_config(overrides={"loss.importance_weights": True, "loss.chunk_size": 32})
+    lps = [[0.0] * T for _ in range(B)]
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        importance_weights(logits, sb, lps, cfg)
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert largest <= 32 * V * 4 * 1.1 < B * T * V * 4 / 10, largest
+
+
+def test_importance_weights_cover_exactly_the_loss_tokens(tiny_tok):
+    B, T, V = 2, 10, 30
+    logits, sb = _packed(B, T, V)
+    cfg = load_config(overrides={"loss.importance_weights": True, "loss.skip_first_tokens": 2,
+                                 "loss.importance_cap": 100.0})
+    train_lp = logits.log_softmax(-1).gather(-1, sb.completion_ids_BT[..., None]).squeeze(-1)
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[:, 4:7] = False  # a reasoning block the loss drops
+    sampler = train_lp.clone()
+    sampler[:, 4:7] -= 3.0  # the sampler disagrees there only: outside the loss, so no weight moves
+    w, capped = importance_weights(logits, sb, sampler.tolist(), cfg, keep)
+    assert torch.allclose(w, torch.ones(B), atol=1e-5) and capped == 0.0
+    w_all, _ = importance_weights(logits, sb, sampler.tolist(), cfg)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[:, :2] = False
+    assert torch.allclose(w_all, sequence_importance_weights(train_lp, sampler, mask, cap=100.0), atol=1e-5)
+    assert float(w_all.min()) > 2.0  # without the keep mask the dropped tokens would count
+
+
+def test_lora_on_bf16_keeps_the_frozen_base_in_bf16_and_saves_bf16(tiny_tok, tmp_path):
+    m = build_tiny_model(tiny_tok).to(torch.bfloat16)
+    cfg = load_config(overrides={"train.method": "sft", "train.max_steps": 1, "train.prompts_per_step": 2,
+                                 "train.micro_batch_size": 2, "model.lora": True, "model.dtype": "bfloat16",
+                                 "optim.warmup_steps": 0, "log.progress": False})
+    res = train(cfg, examples(2), m, tiny_tok, tmp_path / "o")
+    dtypes = {n: p.dtype for n, p in res.model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    assert {v.dtype for v in final_weights(tmp_path / "o").values()} == {torch.bfloat16}
