@@ -3,6 +3,9 @@ train run: tests/integration/test_cli_train.py)."""
 
 from __future__ import annotations
 
+import pytest
+
+import selfdistill.cli.train as cli_train
 from selfdistill.cli import main
 
 
@@ -72,3 +75,43 @@ def test_train_preset_follows_the_device_unless_named(monkeypatch, tmp_path):
     assert resolve_preset(None, str(tmp_path / "c.yaml"), {})[0] == "paper"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_preset(None, None, {})[0] == "paper"
+
+
+def test_a_bad_multi_process_setting_fails_in_one_line_before_any_worker_starts(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli_train, "relaunch", lambda n: pytest.fail("a worker was started"))
+    rc = main(["train", "--num-processes", "2", "--dist", "fsdp", "--rollout.engine", "vllm", "--data",
+               "task:knowledge", "--output", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "rollout.engine=vllm with dist.strategy=fsdp is not supported" in err
+    assert "resolved config" not in out
+    rc = main(["train", "--num-processes", "3", "--data", "task:knowledge", "--output", str(tmp_path / "o"),
+               "--train.prompts_per_step", "8"])
+    assert rc == 2 and "multiple of processes x micro_batch_size = 3 x" in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_config_is_printed_by_the_launcher_only(capsys, tmp_path, monkeypatch):
+    seen = {}
+
+    def relaunch(n):
+        seen["n"] = n
+        return 0
+    monkeypatch.setattr(cli_train, "relaunch", relaunch)
+    argv = ["train", "--num-processes", "2", "--data", "task:knowledge", "--output", str(tmp_path / "o")]
+    assert main(argv) == 0 and seen == {"n": 2}
+    assert capsys.readouterr().out.count("# resolved config") == 1
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a worker the launcher started: rank 0 and 1 print nothing
+    monkeypatch.setenv(cli_train.CONFIG_SHOWN, "1")
+
+    def stop(*a, **kw):
+        raise _Stop()
+    monkeypatch.setattr(cli_train, "load_model", stop)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(_Stop):
+            main(argv)
+        assert "resolved config" not in capsys.readouterr().out

@@ -15,9 +15,10 @@ import yaml
 from ..config import load_config, parse_dotted_overrides, to_yaml
 from ..models import load_model
 from ..tasks import load_training_examples
-from ..training import train
+from ..training import check_launch, planned_strategy, train
 from .common import add_model_arg
 
+CONFIG_SHOWN = "SELFDISTILL_CONFIG_SHOWN"  # set by the launcher for its workers: the config is printed once
 
 
 def add_parser(sub) -> None:
@@ -69,13 +70,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     cfg = load_config(args.config, overrides, preset=preset)
     if not cfg.data.path:
         raise SystemExit("selfdistill train: --data is required (a data file, or task:<name> for a built-in task)")
-    print(why)
-    print("# resolved config (preset: %s)" % cfg.preset)
-    for d in cfg.deviations:
-        print(f"# deviation from the paper: {d}")
-    print(to_yaml(cfg))
+    launcher = bool(args.num_processes and args.num_processes > 1 and "LOCAL_RANK" not in os.environ)
+    if launcher:  # every setting that can be checked without a process group fails here, once, before any worker
+        check_launch(cfg, args.num_processes, planned_strategy(cfg.dist.strategy, args.num_processes))
+    if not os.environ.get(CONFIG_SHOWN) and int(os.environ.get("RANK", "0")) == 0:
+        print(why)
+        print("# resolved config (preset: %s)" % cfg.preset)
+        for d in cfg.deviations:
+            print(f"# deviation from the paper: {d}")
+        print(to_yaml(cfg))
     examples = load_training_examples(cfg.data.path)
-    if args.num_processes and args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+    if launcher:
         return relaunch(args.num_processes)
     model, tok, info = load_model(cfg.model.name, dtype=cfg.model.dtype)
     res = train(cfg, examples, model, tok, args.output, resume=args.resume, overwrite=args.overwrite)
@@ -101,7 +106,7 @@ def relaunch(n: int) -> int:
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "selfdistill", *argv]
     # torchrun with n workers; without CUDA they run on CPU over gloo. (`--cpu` would start ONE process.)
     cmd.insert(3, "--multi_gpu")
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env={**os.environ, CONFIG_SHOWN: "1"})
     while True:
         try:
             return proc.wait()

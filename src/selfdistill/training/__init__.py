@@ -14,6 +14,7 @@ from .batches import Packed, completion_logits, pack
 from .errors import TrainingError
 from .loop import TrainResult, optimizer_step, train
 from .runtime import StopFlag
+from .setup import check_launch, planned_strategy
 
-__all__ = ["Packed", "StopFlag", "TrainResult", "TrainingError", "completion_logits", "optimizer_step", "pack",
+__all__ = ["Packed", "StopFlag", "TrainResult", "TrainingError", "check_launch", "planned_strategy", "completion_logits", "optimizer_step", "pack",
            "train"]

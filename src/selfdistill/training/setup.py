@@ -195,10 +195,7 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
         raise TrainingError(f"distributed type {acc.distributed_type.name}: only DDP data parallel is supported; "
                             f"FSDP/DeepSpeed would need sharding-aware backward, clipping and EMA teacher "
                             f"(docs/multi_gpu.md)")
-    P, mb = cfg.train.prompts_per_step, cfg.train.micro_batch_size
-    if P % (acc.num_processes * mb):
-        raise TrainingError(f"train.prompts_per_step={P} must be a multiple of processes x micro_batch_size "
-                            f"= {acc.num_processes} x {mb}")
+    P = cfg.train.prompts_per_step
     engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg) if cfg.train.method == "sdft" else None
     spec = rollout_spec(cfg.rollout, stop_ids_for(tokenizer, model))
     run = Run(cfg, acc, out, model, wrapped, tokenizer, teacher, optimizer, scheduler, params, encoded, skipped,
@@ -219,13 +216,36 @@ def _strategy(cfg: Config, acc) -> str:
         strategy = distributed.resolve_strategy(cfg.dist.strategy, acc, lora=cfg.model.lora)
     except distributed.DistributedConfigError as e:
         raise TrainingError(str(e)) from None
-    if strategy == "fsdp" and cfg.rollout.engine != "hf":
+    check_launch(cfg, acc.num_processes, strategy)
+    return strategy
+
+
+def planned_strategy(requested: str, world: int) -> str:
+    """The strategy a launch of `world` processes will resolve to (without an accelerate FSDP config)."""
+    if requested == "fsdp":
+        return "fsdp"
+    return "ddp" if world > 1 else "single"
+
+
+def check_launch(cfg: Config, world: int, strategy: str) -> None:
+    """The checks of a launch that need no process group: `selfdistill train --num-processes N` runs them before
+    any worker starts (one line, once), every worker again in `setup`."""
+    try:
+        distributed.check_supported(strategy, lora=cfg.model.lora, distributed_type="")
+    except distributed.DistributedConfigError as e:
+        raise TrainingError(str(e)) from None
+    sdft = cfg.train.method == "sdft"
+    if strategy == "fsdp" and sdft and cfg.rollout.engine != "hf":
         raise TrainingError(f"rollout.engine={cfg.rollout.engine} with dist.strategy=fsdp is not supported: the "
-                            f"engine would need the gathered weights after every step; use rollout.engine=hf")
-    if strategy == "fsdp" and cfg.train.method == "sdft" and cfg.teacher.kind == "live":
+                            f"engine would need the gathered weights after every step; use rollout.engine=hf, or "
+                            f"--dist ddp")
+    if strategy == "fsdp" and sdft and cfg.teacher.kind == "live":
         raise TrainingError("teacher.kind=live with dist.strategy=fsdp is not supported: the teacher pass would "
                             "gather the student's weights as inference tensors; use teacher.kind=ema or frozen")
-    return strategy
+    P, mb = cfg.train.prompts_per_step, cfg.train.micro_batch_size
+    if P % (world * mb):
+        raise TrainingError(f"train.prompts_per_step={P} must be a multiple of processes x micro_batch_size "
+                            f"= {world} x {mb}")
 
 
 def _resume(run: Run) -> None:
