@@ -1,10 +1,14 @@
-""".ci/check_skips: a skipped test fails CI unless its reason is a missing GPU."""
+""".ci/check_skips: a skipped test fails CI unless its reason is a missing GPU; the lock file lies in the declared
+dependency ranges."""
 
 from __future__ import annotations
 
 import subprocess
+import tomllib
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from helpers import ROOT
 
@@ -26,3 +30,24 @@ def test_ci_fails_on_a_skip_that_is_not_a_missing_gpu(tmp_path, summary, ok):
     assert (r.returncode == 0) == ok, r.stderr
     if not ok:
         assert summary in r.stderr
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_lock_satisfies_the_declared_ranges_and_they_name_the_same_packages():
+    declared = {canonicalize_name(r.name): r for r in map(Requirement,
+                                                            tomllib.loads((ROOT / "pyproject.toml").read_text())
+                                                            ["project"]["dependencies"])}
+    lock = _lock()
+    assert set(declared) == set(lock)
+    for name, req in declared.items():
+        assert req.specifier and "==" not in str(req.specifier), f"{name}: a range, not a pin ({req})"
+        assert req.specifier.contains(lock[name]), f"requirements.txt {name}=={lock[name]} is outside {req}"
