@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
+import selfdistill.runs.sequence as seq_mod
 import selfdistill.runs.stages as tr
 from helpers import build_tiny_model
 from selfdistill.config import load_config
-from selfdistill.evaluation import evaluate_task
+from selfdistill.evaluation import DRIFT_PROMPTS, drift_kl, evaluate_task
 from selfdistill.methods import MethodSpec
 from selfdistill.models import load_model
 from selfdistill.runs import SequenceOptions, run_sequence
@@ -146,3 +147,26 @@ def test_battery_items_are_recorded_with_their_distance_at_every_stage(tiny_tok,
     assert t["outcomes"]["correct"][1] == [int(r["correct"]) for r in direct]
     assert t["outcomes"]["attempted"][1] == [int(r["attempted"]) for r in direct]
     assert "## Accuracy by distance from the training question" in (tmp_path / "report.md").read_text()
+
+
+def test_stages_never_run_the_base_model_and_their_drift_equals_drift_kl(tiny_tok, tmp_path, monkeypatch):
+    """The base's side of drift is measured once at the start; afterwards the base model is only copied from
+    (it can stay on CPU), and each stage's drift still equals drift_kl(base, that stage's model)."""
+    measure = seq_mod._measure_base
+
+    def measure_then_forbid(ctx, saved):
+        out = measure(ctx, saved)
+
+        base = ctx.base_model
+
+        def forbidden(module, args):  # deep copies (each run's first stage) carry the hook: they may run
+            if module is base:
+                raise AssertionError("the base model ran after the start of the sequence")
+        base.register_forward_pre_hook(forbidden)
+        return out
+    monkeypatch.setattr(seq_mod, "_measure_base", measure_then_forbid)
+    reference = build_tiny_model(tiny_tok)  # the same weights as _seq's base model
+    res = _seq(["knowledge"], ["sft@lr=2e-3"], tmp_path, tiny_tok, ["capital-FR"], drift_prompts=3)
+    final, _, _ = load_model(str(tmp_path / "sft_at_lr-2e-3" / "seed0" / "stage1"))
+    want = drift_kl(reference, final, tiny_tok, DRIFT_PROMPTS[:3])
+    assert res["runs"][0]["drift"][1] == pytest.approx(want, rel=1e-5) and want > 0

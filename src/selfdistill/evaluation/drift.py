@@ -6,6 +6,7 @@ completions of held-out general prompts (:data:`DRIFT_PROMPTS`), teacher-forced 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -82,10 +83,54 @@ def drift_kl(base_model, tuned_model, tokenizer, prompts: Sequence[str | list[di
     (up to `max_new_tokens`, EOS included when produced) are teacher-forced through both models with the same
     chat-templated prompt; the KL is averaged over all completion tokens of all prompts.
     """
+    return drift_from_reference(drift_reference(base_model, tokenizer, prompts, max_new_tokens, batch_size),
+                                tuned_model, batch_size)
+
+
+@dataclass
+class DriftReference:
+    """The base model's side of drift_kl, computed once: prompt ids, the base's greedy completions, and its
+    log-probabilities on every completion token (per prompt ``[L, V]``, float32, on CPU)."""
+    prompt_ids: list[list[int]]
+    completions: list[list[int]]
+    base_logprobs: list[torch.Tensor]
+    pad_id: int
+
+
+@torch.no_grad()
+def drift_reference(base_model, tokenizer, prompts: Sequence[str | list[dict]] | None = None,
+                    max_new_tokens: int = 32, batch_size: int = 8) -> DriftReference:
     prompts = DRIFT_PROMPTS if prompts is None else prompts
     msgs = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     ids = [render_prompt_ids(tokenizer, m) for m in msgs]
     comps = greedy_ids(base_model, tokenizer, ids, max_new_tokens, batch_size)
-    pad = pad_id(tokenizer)
-    kl, _ = mean_token_kl(base_model, ids, tuned_model, ids, comps, pad, batch_size)
-    return kl
+    pad, out = pad_id(tokenizer), []
+    with eval_mode(base_model):
+        for p, c in zip(ids, comps):
+            if not c:
+                out.append(torch.empty(0))
+                continue
+            b = pack([p], [c], pad, model_device(base_model))
+            out.append(completion_logits(base_model, b).float().log_softmax(-1)[0].cpu())
+    return DriftReference(ids, comps, out, pad)
+
+
+@torch.no_grad()
+def drift_from_reference(ref: DriftReference, tuned_model, batch_size: int = 8) -> float:
+    """drift_kl(base, tuned) with the base's side taken from `ref`: mean per-token KL(base ‖ tuned)."""
+    total, count = 0.0, 0
+    order = [i for i in sorted(range(len(ref.completions)), key=lambda i: -len(ref.completions[i]))
+             if ref.completions[i]]
+    bs = max(1, int(batch_size))
+    with eval_mode(tuned_model):
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            bq = pack([ref.prompt_ids[i] for i in idx], [ref.completions[i] for i in idx], ref.pad_id,
+                      model_device(tuned_model))
+            lq_BTV = completion_logits(tuned_model, bq).float().log_softmax(-1).cpu()
+            for row, i in enumerate(idx):
+                n = len(ref.completions[i])  # a completion fills the first n positions of its row
+                kl = divergence_from_logprobs(lq_BTV[row, :n], ref.base_logprobs[i], "forward_kl").clamp(min=0.0)
+                total += float(kl.sum())
+                count += n
+    return total / count if count else float("nan")

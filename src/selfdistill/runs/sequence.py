@@ -15,13 +15,15 @@ command started in several processes shares the runs out (each (method, seed) is
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
+
+import torch
 
 from .. import metrics as M
 from ..config import to_dict
 from ..data import DataError
+from ..evaluation import DRIFT_PROMPTS, drift_reference
 from ..methods import MethodSpec
 from ..models import load_model
 from ..tasks import Task, get_task, task_from_spec
@@ -44,7 +46,8 @@ def resolve_tasks(task_specs: list) -> list[Task]:
 def run_sequence(task_specs: list, methods: list[MethodSpec], opts: SequenceOptions, *, model=None,
                  tokenizer=None) -> dict:
     """Run (or resume) the sequence and write results.json (+ CSVs and the report). Returns the results dict.
-    `model`/`tokenizer`: an already loaded base model (default: load `opts.model_name`)."""
+    `model`/`tokenizer`: an already loaded base model (default: load `opts.model_name`); it is never trained (each
+    run starts from a copy) and ends up on CPU in eval mode."""
     out, cfg = opts.output, opts.cfg
     out.mkdir(parents=True, exist_ok=True)
     tasks = resolve_tasks(task_specs)
@@ -53,16 +56,15 @@ def run_sequence(task_specs: list, methods: list[MethodSpec], opts: SequenceOpti
     write_plan(out, title, opts.model_name, tasks, task_specs, methods, opts.seeds)
     if model is None:
         model, tokenizer, _ = load_model(opts.model_name, dtype=cfg.model.dtype)
-    ctx = StageContext(opts, tasks, task_specs, tokenizer, copy.deepcopy(model).eval(),
-                       opts.retention or get_task("retention"),
+    ctx = StageContext(opts, tasks, task_specs, tokenizer, model.eval(), opts.retention or get_task("retention"),
                        {**{k: v for t in tasks for k, v in companion_tasks(t).items()}, **opts.also_eval})
     notes = list(opts.notes) + [t.description for t in tasks if t.info.get("whole_file")]
     _say_whole_file(tasks)
     write_results_extra(out, {"config": to_dict(cfg), "notes": notes, "machine": machine(),
                               **({"probe": opts.probe} if opts.probe else {}), **opts.extra_results})
-    base_eval = load_base_eval(out)
-    if base_eval is None:
-        base_eval = evaluate_stage(ctx, ctx.base_model, tasks, drift=False, also_eval=ctx.also_eval)
+    saved = load_base_eval(out)
+    base_eval = _measure_base(ctx, saved)
+    if saved is None:
         save_base_eval(out, base_eval)
     runs = _run_all(ctx, methods, base_eval)
     results = {"title": title, "model": opts.model_name, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
@@ -75,6 +77,22 @@ def run_sequence(task_specs: list, methods: list[MethodSpec], opts: SequenceOpti
         md, html = report_folder(out)
         print(f"[selfdistill] report: {html}", file=sys.stderr)
     return results
+
+
+def _measure_base(ctx: StageContext, base_eval: dict | None) -> dict:
+    """The base model's evaluation (unless a previous start saved it) and its side of drift, on the accelerator
+    when there is one; then the base goes back to CPU, where it stays: it is only copied from (each run's first
+    stage), so the accelerator holds no base model while the stages train and evaluate."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base = ctx.base_model.to(device)
+    try:
+        if base_eval is None:
+            base_eval = evaluate_stage(ctx, base, ctx.tasks, drift=False, also_eval=ctx.also_eval)
+        if ctx.opts.drift:
+            ctx.drift_ref = drift_reference(base, ctx.tokenizer, DRIFT_PROMPTS[:ctx.opts.drift_prompts or None])
+    finally:
+        ctx.base_model = base.to("cpu")
+    return base_eval
 
 
 def _run_all(ctx: StageContext, methods: list[MethodSpec], base_eval: dict) -> list[dict]:

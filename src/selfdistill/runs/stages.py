@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, flatten, load_config, to_dict
-from ..evaluation import DRIFT_PROMPTS, drift_kl, evaluate_task, item_table
+from ..evaluation import DriftReference, drift_from_reference, evaluate_task, item_table
 from ..methods import MethodSpec
 from ..models import load_model
 from ..tasks import Task, get_task
@@ -36,9 +36,10 @@ class StageContext:
     tasks: list[Task]
     task_specs: list
     tokenizer: Any
-    base_model: Any
+    base_model: Any  # on CPU: each run's first stage starts from a copy of it
     retention: Task
     also_eval: dict
+    drift_ref: DriftReference | None = None  # the base's side of drift, computed once (evaluation.drift)
 
     @property
     def cfg(self) -> Config:
@@ -53,8 +54,7 @@ def evaluate_stage(ctx: StageContext, model, tasks: list[Task], *, drift: bool, 
     accs = {t.name: evaluate_task(model, tok, t, "test", limit, bs) for t in tasks}
     ret = evaluate_task(model, tok, ctx.retention, "test", 0, bs)
     also = {k: evaluate_task(model, tok, t, "test", limit, bs) for k, t in also_eval.items()}
-    kl = drift_kl(ctx.base_model, model, tok, DRIFT_PROMPTS[:ctx.opts.drift_prompts or None]) if (
-        drift and ctx.base_model is not model) else 0.0
+    kl = drift_from_reference(ctx.drift_ref, model) if drift and ctx.drift_ref is not None else 0.0
     by_label = {**{t.name: (t, accs[t.name]) for t in tasks}, **{k: (t, also[k]) for k, t in also_eval.items()}}
     tables = {k: tab for k, (t, r) in by_label.items() if (tab := item_table(t, r)) is not None}
     return {"tasks": {k: _acc(v) for k, v in accs.items()},
