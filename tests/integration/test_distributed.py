@@ -110,3 +110,21 @@ def test_cli_num_processes_starts_that_many_processes(tmp_path, tiny_tok, tiny_m
     assert sorted(p.name for p in seen.iterdir()) == ["rank0", "rank1"]
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (out / "model.safetensors").exists()
+
+
+def test_a_worker_failure_ends_in_one_line_naming_the_rank(tmp_path):
+    """Workers that fail (here: a model folder that does not exist, found only when they load it) leave one line
+    for the whole run, naming a rank and the reason: no torchrun traceback or report, the config printed once."""
+    data = tmp_path / "d.jsonl"
+    write_records(data, addition_records(8, "{}."))
+    proc = subprocess.run([sys.executable, "-m", "selfdistill", "train", "--num-processes", "2", "--method", "sft",
+                           "--model", str(tmp_path / "no-such-model"), "--data", str(data), "--output",
+                           str(tmp_path / "run"), "--max-steps", "1", "--train.prompts_per_step", "4",
+                           "--train.micro_batch_size", "1"],
+                          env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert err[-1].startswith("selfdistill train: error (rank ") and "no-such-model" in err[-1], err[-5:]
+    assert sum("selfdistill train: error" in line for line in err) == 1
+    assert proc.stdout.count("# resolved config") == 1

@@ -78,7 +78,7 @@ def test_train_preset_follows_the_device_unless_named(monkeypatch, tmp_path):
 
 
 def test_a_bad_multi_process_setting_fails_in_one_line_before_any_worker_starts(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_train, "relaunch", lambda n: pytest.fail("a worker was started"))
+    monkeypatch.setattr(cli_train, "relaunch", lambda n, env: pytest.fail("a worker was started"))
     rc = main(["train", "--num-processes", "2", "--dist", "fsdp", "--rollout.engine", "vllm", "--data",
                "task:knowledge", "--output", str(tmp_path / "o")])
     out, err = capsys.readouterr()
@@ -97,7 +97,7 @@ class _Stop(Exception):
 def test_the_config_is_printed_by_the_launcher_only(capsys, tmp_path, monkeypatch):
     seen = {}
 
-    def relaunch(n):
+    def relaunch(n, env):
         seen["n"] = n
         return 0
     monkeypatch.setattr(cli_train, "relaunch", relaunch)

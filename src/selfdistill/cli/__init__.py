@@ -8,6 +8,7 @@ before calling domain code: no argparse namespace goes past this package.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..config import ConfigError
@@ -49,5 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, extra)
     except (ConfigError, DataError, ModelError, TrainingError, CheckpointError) as e:
-        print(f"selfdistill {args.cmd}: error: {e}", file=sys.stderr)
+        rank = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"selfdistill {args.cmd}: error{rank}: {e}", file=sys.stderr)
         return 2

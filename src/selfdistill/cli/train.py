@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from ..models import load_model
 from ..tasks import load_training_examples
 from ..training import check_launch, planned_strategy, train
 from .common import add_model_arg
+from .launch import relaunch
 
 CONFIG_SHOWN = "SELFDISTILL_CONFIG_SHOWN"  # set by the launcher for its workers: the config is printed once
 
@@ -81,34 +80,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(to_yaml(cfg))
     examples = load_training_examples(cfg.data.path)
     if launcher:
-        return relaunch(args.num_processes)
+        return relaunch(args.num_processes, CONFIG_SHOWN)
     model, tok, info = load_model(cfg.model.name, dtype=cfg.model.dtype)
     res = train(cfg, examples, model, tok, args.output, resume=args.resume, overwrite=args.overwrite)
     if res.skipped_records:
         print(f"skipped {res.skipped_records} records over their token budget (data.on_overlength=skip)")
     return 0
-
-
-def relaunch(n: int) -> int:
-    """`selfdistill train --num-processes N ...` = `accelerate launch --num_processes N -m selfdistill train ...`."""
-    argv, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--num-processes":
-            skip = True
-            continue
-        if a.startswith("--num-processes="):
-            continue
-        argv.append(a)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "selfdistill", *argv]
-    # torchrun with n workers; without CUDA they run on CPU over gloo. (`--cpu` would start ONE process.)
-    cmd.insert(3, "--multi_gpu")
-    proc = subprocess.Popen(cmd, env={**os.environ, CONFIG_SHOWN: "1"})
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # Ctrl-C reached the workers too: wait while they save the last finished step
-            continue
