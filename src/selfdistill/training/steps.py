@@ -87,7 +87,7 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     # 1. rollout: the student samples from the prompt alone (FSDP2: every layer gathered once, then decoding
     # runs without collectives, so ranks may finish at different lengths). bf16 autocast only where the engine
     # runs the trainer's module (hf) on a GPU; vLLM computes in its own, explicit dtype, and on CPU decoding
-    # under autocast was 3x slower than in float32 (docs/performance.md).
+    # under autocast was no faster unloaded and 3x slower under load than in float32 (docs/performance.md).
     rollout_amp = amp if engine.uses_live_model and device.type != "cpu" else contextlib.nullcontext
     with rollout_amp(), distributed.unsharded(model):
         rollouts = engine.generate(student_prompts, spec, seed=seed, want_logprobs=cfg.loss.importance_weights,
