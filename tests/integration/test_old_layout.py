@@ -52,12 +52,24 @@ def _without_date(text: str) -> str:
     return re.sub(r"\| date \| \d{4}-\d\d-\d\d \|", "| date | - |", text)
 
 
+def _split_lead(text: str) -> tuple[str, str]:
+    """(the report without its opening section, that section): the opening came after the old layout."""
+    start, end = text.index("## What this run shows"), text.index("| field | value |")
+    return text[:start] + text[end:], text[start:end]
+
+
 def test_a_sweep_finished_by_the_old_layout_reports_unchanged(tmp_path):
+    """Everything the old code's report said is said again; new is only the opening section (what the run shows,
+    and its figure, which is then not repeated under Figures)."""
     out = tmp_path / "sweep"
     shutil.copytree(OLD / "sweep", out)
     old_md, old_results = (out / "report.md").read_text(), json.loads((out / "results.json").read_text())
     md, html = report_folder(out)
-    assert _without_date(md.read_text()) == _without_date(old_md)
+    rest, lead = _split_lead(md.read_text())
+    moved = re.findall(r"\]\((fig_\w+\.png)\)", lead)
+    assert moved == ["fig_tradeoff.png"] and "sdft@lr=2e-3 (1 seed): new-task accuracy" in lead
+    old_rest = re.sub(rf"!\[[^\]]*\]\({moved[0]}\)\n\n", "", old_md)
+    assert _without_date(rest) == _without_date(old_rest)
     new_results = json.loads((out / "results.json").read_text())
     assert {k: v for k, v in new_results.items() if k != "date"} == \
         {k: v for k, v in old_results.items() if k != "date"}
