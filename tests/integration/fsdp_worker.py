@@ -10,7 +10,6 @@ number of processes differs) and write `D/reload-world<N>.pt` with the full stud
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ import torch.distributed as dist  # noqa: E402
 
 from helpers import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from selfdistill.training import distributed as D  # noqa: E402
+from selfdistill.training.teacher import Teacher  # noqa: E402
 
 RATE = 0.25
 PROMPTS = ["What is 12 + 7?", "What is the capital of Peru?", "Call get_weather for Paris.",
@@ -34,14 +34,16 @@ PROMPTS = ["What is 12 + 7?", "What is the capital of Peru?", "Call get_weather 
 
 
 def build(tok, bf16: bool, cpu_offload: bool = False):
-    """Student, teacher (float32 copy made before sharding), optimizer, scheduler: sharded."""
+    """Student, teacher, optimizer, scheduler as training sets them up: the EMA teacher (training.teacher.Teacher:
+    a float32 copy made before sharding) and the student sharded alike by distributed.wrap_for_training. The
+    teacher module carries its Teacher as `.ema`: train_step updates it the way the training loop does."""
     from transformers import get_cosine_schedule_with_warmup
 
     student = build_tiny_model(tok, seed=0)
-    teacher = copy.deepcopy(student).float().eval().requires_grad_(False)
-    mesh = D.device_mesh(torch.device("cpu"))
-    D.shard_model(student, mesh, bf16=bf16, cpu_offload=cpu_offload)
-    D.shard_like(teacher, student, mesh, bf16=bf16, cpu_offload=cpu_offload)
+    ema = Teacher(student, "ema", RATE)
+    D.wrap_for_training(student, ema.copy, torch.device("cpu"), bf16=bf16, cpu_offload=cpu_offload)
+    teacher = ema.copy
+    teacher.ema = ema
     opt = torch.optim.AdamW(list(student.parameters()), lr=1e-2)
     return student, teacher, opt, get_cosine_schedule_with_warmup(opt, 0, 10)
 
@@ -58,7 +60,7 @@ def train_step(student, teacher, opt, sched, ids) -> float:
     opt.step()
     opt.zero_grad(set_to_none=True)
     sched.step()
-    D.ema_update_local(teacher, student, RATE)
+    teacher.ema.update()  # the training loop's EMA update (Teacher.update, on the local shards)
     return float(norm)
 
 

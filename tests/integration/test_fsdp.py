@@ -57,7 +57,8 @@ def test_global_grad_norm_equals_unsharded_and_ranks_agree(run):
     assert r0["grad_norm"] > 1.0  # so clipping to 1.0 was exercised
 
 
-def test_ema_on_local_shards_equals_lerp_of_full_weights(run):
+def test_the_training_ema_update_on_local_shards_equals_lerp_of_full_weights(run):
+    """Teacher.update (what the training loop calls after each step) on FSDP2 shards."""
     r0 = run[1][0]
     assert r0["ema_moved"] > 1e-4  # the teacher really moved
     assert r0["ema_maxdiff"] == 0.0  # shard-local lerp == lerp of the gathered weights, bit for bit

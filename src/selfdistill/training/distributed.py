@@ -5,7 +5,6 @@ The pieces train() uses when `dist.strategy=fsdp`:
                        parameters stay float32 (sharded DTensors); compute in bf16 through MixedPrecisionPolicy
   shard_like           the EMA teacher (a float32 copy made *before* sharding) wrapped exactly like the student,
                        so every teacher shard sits on the same rank, with the same shape, as its student shard
-  ema_update_local     teacher <- (1 - a) teacher + a student on the local shards only: no communication
   clip_grad_norm       global gradient norm over DTensor gradients (the same number on every rank), then clip
   any_rank             agreement across ranks (non-finite loss on one rank stops or skips the step everywhere)
   gathered_for_generation
@@ -185,14 +184,6 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 # ----------------------------------------------------------------------------------------------------------
 # EMA teacher, clipping, agreement
-
-
-@torch.no_grad()
-def ema_update_local(teacher: torch.nn.Module, student: torch.nn.Module, rate: float) -> None:
-    """teacher <- (1 - rate) teacher + rate student, shard by shard on this rank (no gather, no communication)."""
-    t_local = [_local(p) for p in teacher.parameters()]
-    s_local = [_local(p).detach().to(t.dtype) for p, t in zip(student.parameters(), t_local)]
-    torch._foreach_lerp_(t_local, s_local, rate)
 
 
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
