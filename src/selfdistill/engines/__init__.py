@@ -34,8 +34,10 @@ def make_engine(kind: str, model, tokenizer, cfg=None, *, batch_size: int | None
 
 
 def greedy_completions(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
-                       batch_size: int = 16, engine: Engine | None = None) -> list[list[int]]:
-    """Greedy completion ids for tokenised prompts (input order), cut after the first end-of-turn id."""
-    engine = engine or HFEngine(model, pad_id(tokenizer), batch_size)
+                       batch_size: int = 16, engine: Engine | None = None,
+                       progress: str | None = None) -> list[list[int]]:
+    """Greedy completion ids for tokenised prompts (input order), cut after the first end-of-turn id.
+    `progress`: a label for a progress bar of items done (hf engine)."""
+    engine = engine or HFEngine(model, pad_id(tokenizer), batch_size, progress)
     spec = greedy_spec(max_new_tokens, stop_ids_for(tokenizer, model))
     return [c.ids for c in engine.generate(prompt_ids, spec)]

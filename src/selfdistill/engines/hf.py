@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
+from tqdm import tqdm
 from transformers import GenerationConfig, StoppingCriteriaList
 
 from .base import Completion, GenerationAborted, SamplingSpec, cut_at_stop, eval_mode, hf_module, notice_ignored, \
@@ -47,8 +50,9 @@ class HFEngine:
     name = "hf"
     uses_live_model = True
 
-    def __init__(self, model, pad_id: int, batch_size: int | None = None):
+    def __init__(self, model, pad_id: int, batch_size: int | None = None, progress: str | None = None):
         self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
+        self.progress = progress  # a label: a progress bar of items done (evaluation), on stderr
 
     def sync_weights(self, model) -> None:  # generates on the live weights
         self.model = model
@@ -70,11 +74,14 @@ class HFEngine:
         if seed is not None:
             torch.manual_seed(seed)
         notice_ignored(self.model)
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
-            batch = self._batch([prompt_ids[i] for i in idx], spec, want_logprobs, should_stop, on_tokens)
-            for i, c in zip(idx, batch):
-                out[i] = c
+        with tqdm(total=len(order), desc=self.progress, unit="item", file=sys.stderr,
+                  disable=self.progress is None) as bar:
+            for s in range(0, len(order), bs):
+                idx = order[s:s + bs]
+                batch = self._batch([prompt_ids[i] for i in idx], spec, want_logprobs, should_stop, on_tokens)
+                for i, c in zip(idx, batch):
+                    out[i] = c
+                bar.update(len(idx))
         return out  # type: ignore[return-value]
 
     @torch.no_grad()

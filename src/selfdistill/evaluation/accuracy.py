@@ -59,7 +59,7 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
     records = []
     if task.kind == "multiple_choice":
         lls = choice_logliks(model, tokenizer, [ex.prompt for ex in items],
-                             [ex.extra["choices"] for ex in items], batch_size)
+                             [ex.extra["choices"] for ex in items], batch_size, progress=f"eval {task.name}")
         for ex, ll in zip(items, lls):
             ok = bool(mc_correct(ll, ex))
             records.append({"id": item_id(ex), "origin": ex.origin, "prompt": short(ex.prompt[-1]["content"]),
@@ -70,7 +70,8 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
     else:
         strip = resolve_strip_thinking(tokenizer, strip_thinking)
         prompt_ids = [render_prompt_ids(tokenizer, ex.prompt) for ex in items]
-        comps = greedy_ids(model, tokenizer, prompt_ids, task.max_new_tokens, batch_size, engine=engine)
+        comps = greedy_ids(model, tokenizer, prompt_ids, task.max_new_tokens, batch_size, engine=engine,
+                           progress=f"eval {task.name}")
         for ex, p, c in zip(items, prompt_ids, comps):
             o = scored_text(tokenizer, p, c, strip)
             ok = bool(task.score(o, ex))
