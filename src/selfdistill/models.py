@@ -164,6 +164,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         m = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - a corrupt or unsupported GGUF: name the file and the cause
         raise ModelError(f"{gguf}: cannot read this GGUF file ({type(e).__name__}: {str(e)[:200]})") from None
+    eot = template_end_of_turn_id(tok)
+    if tok.eos_token_id != eot:  # transformers 5.17 reads SmolLM2's GGUF EOS as <|im_start|>; 5.19 as <|im_end|>
+        tok.eos_token = tok.convert_ids_to_tokens(eot)
     cfg = m.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config  # save_pretrained refuses a gguf quantization_config
