@@ -27,6 +27,7 @@ def test_demo_quick_end_to_end(model_dir, tmp_path, capsys):
     assert "Also evaluated (never trained on)" in text and (out / "report.html").is_file()
     printed = capsys.readouterr().out
     assert "training phrasing" in printed and str(out / "report.html") in printed
+    assert "generalisation-distance battery showed" in printed and "SDFT won at no distance" in printed
 
 
 def test_demo_seeds_train_one_run_per_seed_and_label_rows(model_dir, tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..methods import family_of
 from . import distance as D
 from .cells import agg_cell, estimate_cell, seed_word
 from .plots import plot_distance, plot_frontier, plot_tradeoff
@@ -44,8 +45,13 @@ def distance_sentences(results: Mapping[str, Any], groups: Groups) -> list[str]:
     answered at all far from the training question."""
     best = D.best_specs(results, groups)
     ph = D.phrasings(results)
+    floor = D.base_retention(results) - D.RETENTION_DROP
+
+    def why(m: str) -> str:
+        return "" if D.mean_retention(groups[m]) >= floor else \
+            f"; no {family_of(m)} rate kept retention within {D.RETENTION_DROP:.2f}: the one that kept the most"
     lines = [f"Best rates (highest accuracy on the trained facts losing at most {D.RETENTION_DROP:.2f} retention): "
-             + ", ".join(f"{m} ({seed_word(len(groups[m]))})" for m in best.values()) + "."]
+             + ", ".join(f"{m} ({seed_word(len(groups[m]))}{why(m)})" for m in best.values()) + "."]
     for fam, m in best.items():
         cells = "; ".join(f"{D.label_of(p)} {_est(groups[m], p)}" for p in ph)
         lines.append(f"{m}, accuracy by distance: {cells}.")

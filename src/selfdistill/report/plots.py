@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -21,6 +22,7 @@ from .stats import Groups, base_point, cell_n, cell_stats, family_points, n_stag
 _METHOD_COLORS = {"sdft": "#1f77b4", "sft": "#d62728", "dft": "#2ca02c"}
 _FALLBACK_COLORS = ["#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+_FAMILY_MAPS = {"sdft": "Blues", "sft": "Reds", "dft": "Greens"}
 
 
 # --------------------------------------------------------------------------- #
@@ -314,7 +316,8 @@ def plot_distance(results: Mapping[str, Any], groups: Groups, out: Path) -> Path
         for k, m in enumerate(specs):
             stats = [D.phrasing_estimate(groups[m], p) for p in ph]
             y, yerr = _err(stats)
-            color = _FALLBACK_COLORS[k % len(_FALLBACK_COLORS)] if len(specs) > 1 else _color(fam, list(fams))
+            shade = 0.45 + 0.5 * k / max(1, len(specs) - 1)  # a family's rates: light (first) to dark (last)
+            color = colormaps[_FAMILY_MAPS.get(fam.partition("@")[0], "Purples")](shade)
             shift = (k - (len(specs) - 1) / 2) * 0.06
             ax.errorbar(x + shift, y, yerr=yerr, marker=_MARKERS[k % 8], capsize=3, color=color,
                         label=f"{m} ({seed_word(len(groups[m]))})")
