@@ -73,8 +73,8 @@ def test_best_rate_keeps_retention_and_the_difference_is_paired_by_seed():
     d = D.paired_difference(groups["sdft@lr=3e-4"], groups["sft@lr=1e-5"], "restructured")
     assert d["mean"] == pytest.approx(0.25) and d["n"] == 3 and d["sd"] == 0
     v = D.verdicts(res, groups)
-    assert "3 other structure" in v["level"] or "3 other structure" in v["a"]
-    assert "5 reverse" in v["level"]
+    assert "3 other structure" in v["level"]  # +0.25 at every seed: a zero-width interval is no evidence
+    assert "1 training question" in v["level"] and "5 reverse" in v["level"]
     # equal retention (drop <= 0.10: floor 0.54): SFT may use lr 1e-4 (0.55) there, SDFT not 1e-3 (0.40)
     eq = D.equal_retention_difference(res, "sdft", "sft", "reworded", 0.10)
     assert eq["mean"] == pytest.approx(0.625 - 1.0) and eq["n"] == 3

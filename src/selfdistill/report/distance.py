@@ -100,7 +100,7 @@ def best_specs(results: Mapping[str, Any], groups: Groups) -> dict[str, str]:
         fams.setdefault(family_of(m), []).append(m)
     best = {}
     for fam, specs in fams.items():
-        kept = [m for m in specs if mean_retention(groups[m]) >= floor]
+        kept = [m for m in specs if mean_retention(groups[m]) >= floor - 1e-9]
         best[fam] = (max(kept, key=lambda m: np.mean([overall(r) for r in groups[m]])) if kept
                      else max(specs, key=lambda m: mean_retention(groups[m])))
     return best
@@ -120,7 +120,7 @@ def best_at_retention(runs: Sequence[Mapping[str, Any]], p: str, floor: float) -
     out: dict[Any, float] = {}
     for r in runs:
         s = by_phrasing(r).get(p)
-        if s is not None and r["retention"][-1] >= floor:
+        if s is not None and r["retention"][-1] >= floor - 1e-9:  # retention is k/n: equal to the floor counts
             out[r["seed"]] = max(out.get(r["seed"], 0.0), s.accuracy)
     return out
 
@@ -150,12 +150,14 @@ def difference_rows(results: Mapping[str, Any], groups: Groups, fam_a: str = "sd
 
 def verdicts(results: Mapping[str, Any], groups: Groups, fam_a: str = "sdft",
              fam_b: str = "sft") -> dict[str, list[str]]:
-    """{"a": phrasings where A − B at the best rates is above 0 (interval), "b": below 0, "level": neither}."""
+    """{"a": phrasings where A − B at the best rates is above 0 (interval), "b": below 0, "level": neither}. A
+    difference that is the same at every seed gives a zero-width interval, which is no evidence: level."""
     best = best_specs(results, groups)
     out: dict[str, list[str]] = {"a": [], "b": [], "level": []}
     for p in phrasings(results):
         d = paired_difference(groups[best[fam_a]], groups[best[fam_b]], p)
-        key = "a" if d["n"] >= 2 and d["low"] > 0 else "b" if d["n"] >= 2 and d["high"] < 0 else "level"
+        varied = d["n"] >= 2 and d["sd"] > 0
+        key = "a" if varied and d["low"] > 0 else "b" if varied and d["high"] < 0 else "level"
         out[key].append(label_of(p))
     return out
 

@@ -48,7 +48,7 @@ def distance_sentences(results: Mapping[str, Any], groups: Groups) -> list[str]:
     floor = D.base_retention(results) - D.RETENTION_DROP
 
     def why(m: str) -> str:
-        return "" if D.mean_retention(groups[m]) >= floor else \
+        return "" if D.mean_retention(groups[m]) >= floor - 1e-9 else \
             f"; no {family_of(m)} rate kept retention within {D.RETENTION_DROP:.2f}: the one that kept the most"
     lines = [f"Best rates (highest accuracy on the trained facts losing at most {D.RETENTION_DROP:.2f} retention): "
              + ", ".join(f"{m} ({seed_word(len(groups[m]))}{why(m)})" for m in best.values()) + "."]
