@@ -90,17 +90,26 @@ def base_retention(results: Mapping[str, Any]) -> float:
     return float(results["runs"][0]["retention"][0])
 
 
+def at_or_above(retention: float, floor: float) -> bool:
+    """retention >= floor, where a retention that equals the floor up to rounding counts (it is k/n)."""
+    return retention >= floor - 1e-9
+
+
+def keeps_retention(results: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the runs' mean retention is at most RETENTION_DROP below the base model's."""
+    return at_or_above(mean_retention(runs), base_retention(results) - RETENTION_DROP)
+
+
 def best_specs(results: Mapping[str, Any], groups: Groups) -> dict[str, str]:
     """{family: method spec}: per family (sdft, sft, ...), the learning rate with the highest mean accuracy on the
     trained facts (all phrasings) among those whose mean retention is at most RETENTION_DROP below the base
     model's; where no rate stays that close, the one that keeps the most retention."""
-    floor = base_retention(results) - RETENTION_DROP
     fams: dict[str, list[str]] = {}
     for m in groups:
         fams.setdefault(family_of(m), []).append(m)
     best = {}
     for fam, specs in fams.items():
-        kept = [m for m in specs if mean_retention(groups[m]) >= floor - 1e-9]
+        kept = [m for m in specs if keeps_retention(results, groups[m])]
         best[fam] = (max(kept, key=lambda m: np.mean([overall(r) for r in groups[m]])) if kept
                      else max(specs, key=lambda m: mean_retention(groups[m])))
     return best
@@ -120,7 +129,7 @@ def best_at_retention(runs: Sequence[Mapping[str, Any]], p: str, floor: float) -
     out: dict[Any, float] = {}
     for r in runs:
         s = by_phrasing(r).get(p)
-        if s is not None and r["retention"][-1] >= floor - 1e-9:  # retention is k/n: equal to the floor counts
+        if s is not None and at_or_above(r["retention"][-1], floor):
             out[r["seed"]] = max(out.get(r["seed"], 0.0), s.accuracy)
     return out
 

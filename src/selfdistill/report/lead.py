@@ -45,14 +45,13 @@ def distance_sentences(results: Mapping[str, Any], groups: Groups) -> list[str]:
     answered at all far from the training question."""
     best = D.best_specs(results, groups)
     ph = D.phrasings(results)
-    floor = D.base_retention(results) - D.RETENTION_DROP
 
     def why(m: str) -> str:
-        return "" if D.mean_retention(groups[m]) >= floor - 1e-9 else \
+        return "" if D.keeps_retention(results, groups[m]) else \
             f"; no {family_of(m)} rate kept retention within {D.RETENTION_DROP:.2f}: the one that kept the most"
     lines = [f"Best rates (highest accuracy on the trained facts losing at most {D.RETENTION_DROP:.2f} retention): "
              + ", ".join(f"{m} ({seed_word(len(groups[m]))}{why(m)})" for m in best.values()) + "."]
-    for fam, m in best.items():
+    for m in best.values():
         cells = "; ".join(f"{D.label_of(p)} {_est(groups[m], p)}" for p in ph)
         lines.append(f"{m}, accuracy by distance: {cells}.")
     if {"sdft", "sft"} <= set(best):
