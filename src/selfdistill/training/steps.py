@@ -89,7 +89,8 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
     # runs the trainer's module (hf) on a GPU; vLLM computes in its own, explicit dtype, and on CPU decoding
     # under autocast was no faster unloaded and 3x slower under load than in float32 (docs/performance.md).
     rollout_amp = amp if engine.uses_live_model and device.type != "cpu" else contextlib.nullcontext
-    with rollout_amp(), distributed.unsharded(model):
+    gathered = distributed.unsharded(model) if engine.uses_live_model else contextlib.nullcontext()
+    with rollout_amp(), gathered:  # vLLM samples from its own copy: the shards stay sharded
         rollouts = engine.generate(student_prompts, spec, seed=seed, want_logprobs=cfg.loss.importance_weights,
                                    should_stop=should_stop, on_tokens=on_tokens)
     completions = [r.ids for r in rollouts]
