@@ -43,7 +43,7 @@ def main() -> None:
 
     from bench_step import records
     from selfdistill.config import load_config
-    from selfdistill.engines import HFEngine, SamplingSpec, make_engine
+    from selfdistill.engines import HFEngine, SamplingSpec, make_engine, prompt_seeds
     from selfdistill.models import load_model
 
     model, tok, _ = load_model("smollm2-135m")
@@ -68,7 +68,7 @@ def main() -> None:
     for rep in range(a.reps + 1):
         for name, engine in engines.items():
             t = time.perf_counter()
-            out = engine.generate(prompt_ids, spec, seed=rep, want_logprobs=True)
+            out = engine.generate(prompt_ids, spec, seeds=prompt_seeds(rep, len(prompt_ids)), want_logprobs=True)
             dt = time.perf_counter() - t
             assert all(len(c.ids) == a.max_new_tokens for c in out), [len(c.ids) for c in out]
             if rep:

@@ -73,7 +73,9 @@ class RolloutConfig:
     max_new_tokens: int = 2048  # paper: 2048 (skills), 1024 (knowledge)
     greedy: bool = False  # deterministic rollouts (tests, distributed equivalence)
     top_k: int = 0  # 0 = off (the paper samples with no top-k)
+    vllm_sleep: str = "auto"  # vllm: sleep between rollouts (KV cache freed, weights offloaded); auto = on with CUDA
     engine: str = "hf"  # hf (transformers.generate on the live weights) | vllm (optional extra; see docs/vllm.md)
+    batch_size: int = 0  # sequences per engine call; 0: all of a process's rollouts for the optimizer step in one call
 
 
 @dataclass
@@ -172,6 +174,7 @@ PRESET_DEVIATIONS = {
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "rollout.engine": ("hf", "vllm"),
+    "rollout.vllm_sleep": ("auto", "on", "off"),
     "data.on_overlength": ("error", "skip"),
     "loss.divergence": ("forward_kl", "reverse_kl", "jsd"),
     "loss.support": ("full", "top_k"),
@@ -234,8 +237,8 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     if key not in keys:
         hint = difflib.get_close_matches(key, keys, n=1)
         raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else
-                                                         f"; known sections: model, data, context, rollout, "
-                                                         f"loss, teacher, optim, train, dist, log"))
+                                                         "; known sections: model, data, context, rollout, "
+                                                         "loss, teacher, optim, train, dist, log"))
     if "." in key:
         sec, name = key.split(".", 1)
         obj = getattr(cfg, sec)
@@ -323,6 +326,7 @@ def validate(cfg: Config) -> None:
     need(0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
     need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     need(cfg.rollout.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)")
+    need(cfg.rollout.batch_size >= 0, "rollout.batch_size must be >= 0 (0 = all of the step's rollouts in one call)")
     need(cfg.loss.top_k >= 1, "loss.top_k must be >= 1")
     need(0 < cfg.loss.jsd_beta < 1, "loss.jsd_beta must be in (0, 1)")
     need(cfg.loss.skip_first_tokens >= 0, "loss.skip_first_tokens must be >= 0")

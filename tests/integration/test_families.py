@@ -83,10 +83,12 @@ def test_two_sdft_steps_with_rollouts_that_stop_at_the_end_of_turn(name, tmp_pat
     # bias 4: the end-of-turn token has ~10% of the mass per step, so rollouts end at it after a few tokens
     tok, res, comps = _train(name, tmp_path, "sdft", monkeypatch, bias=4.0)
     eot, limit = eot_id(tok, name), 8
+    stops = {eot, tok.eos_token_id} | {tok.convert_tokens_to_ids(t) for t in FAMILIES[name].generation_eos}
     assert len(res.metrics) == 2 and all(math.isfinite(m["loss"]) and m["forward_kl"] > 0 for m in res.metrics)
     assert len(comps) == 16
-    for c in comps:  # cut exactly at the first end of turn, or ran to the token limit without one
-        assert (eot in c and c.index(eot) == len(c) - 1) or (eot not in c and len(c) == limit), c
+    for c in comps:  # cut exactly at the first stop id (the end of turn, or EOS), or ran to the limit without one
+        at = [i for i, t in enumerate(c) if t in stops]
+        assert at == [len(c) - 1] or (not at and len(c) == limit), c
     ended = [c for c in comps if c and c[-1] == eot]
     assert ended and any(len(c) > 1 for c in ended)
 

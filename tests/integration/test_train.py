@@ -41,7 +41,7 @@ def test_sdft_lowers_its_loss_on_a_fixed_batch(tiny_tok, tmp_path):
                "loss.skip_first_tokens": 0, "rollout.greedy": True, "data.shuffle": False})
     spec = rollout_spec(c.rollout, [tiny_tok.eos_token_id])
     comps = [r.ids for r in HFEngine(m, tiny_tok.pad_token_id).generate([e.student_prompt_ids for e in items],
-                                                                       spec, seed=0)]
+                                                                       spec)]
     before = fixed_batch_kl(m, base, tiny_tok, items, comps)
     res = train(c, examples(4), m, tiny_tok, tmp_path / "o")
     after = fixed_batch_kl(m, base, tiny_tok, items, comps)
@@ -341,8 +341,8 @@ def test_nonfinite_loss_stops_with_step_or_is_skipped(tiny_tok, tmp_path, monkey
 def test_disk_full_while_saving_keeps_previous(tiny_tok, tmp_path, monkeypatch):
     import errno
     import selfdistill.training.checkpoint as ck
-    res = train(cfg(**{"log.save_every": 1, "train.max_steps": 2}), examples(), build_tiny_model(tiny_tok), tiny_tok,
-                tmp_path / "o", stop_after=1)
+    train(cfg(**{"log.save_every": 1, "train.max_steps": 2}), examples(), build_tiny_model(tiny_tok), tiny_tok,
+          tmp_path / "o", stop_after=1)
     assert latest_checkpoint(tmp_path / "o" / "checkpoints").name == "step-000001"
 
     def full(path, write):
@@ -388,7 +388,7 @@ def test_stop_signal_during_rollout_abandons_the_step_and_resume_is_exact(tiny_t
 
     def generate(self, *a, **kw):
         calls["n"] += 1
-        if calls["n"] == 3:  # step 2, first micro-batch: signal after 4 tokens
+        if calls["n"] == 2:  # step 2's rollouts (one call per step): signal after 4 tokens
             seen, inner = [], kw["on_tokens"]
 
             def on_tokens(n):
@@ -401,7 +401,7 @@ def test_stop_signal_during_rollout_abandons_the_step_and_resume_is_exact(tiny_t
     monkeypatch.setattr(HFEngine, "generate", generate)
     part = build_tiny_model(tiny_tok, seed=0)
     r = train(c, examples(), part, tiny_tok, tmp_path / "part")
-    assert r.stopped_early and calls["n"] == 3 and len(r.metrics) == 1
+    assert r.stopped_early and calls["n"] == 2 and len(r.metrics) == 1
     assert latest_checkpoint(tmp_path / "part" / "checkpoints").name == "step-000001"
     a, b = weights(after_one), weights(part)  # the abandoned step changed nothing
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -457,3 +457,32 @@ def test_bf16_weights_train_on_float32_master_weights(tiny_tok, tmp_path):
     same_in_bf16 = (w1[k].to(torch.bfloat16) == w0[k].to(torch.bfloat16)).float().mean()
     assert float(same_in_bf16) > 0.98  # on bf16 weights almost every one of those updates would be lost
     assert final_weights(tmp_path / "o")[k].dtype == torch.bfloat16
+
+
+def _rollouts_of(c, tiny_tok, tmp_path, monkeypatch, name):
+    """Train c on a fresh tiny model; returns (engine calls per step, every rollout's ids in sampling order)."""
+    from selfdistill.engines import HFEngine
+    orig, calls, ids = HFEngine.generate, [], []
+
+    def generate(self, prompt_ids, spec, **kw):
+        out = orig(self, prompt_ids, spec, **kw)
+        calls.append(len(prompt_ids))
+        ids.extend(o.ids for o in out)
+        return out
+    monkeypatch.setattr(HFEngine, "generate", generate)
+    train(c, examples(8), build_tiny_model(tiny_tok, seed=0), tiny_tok, tmp_path / name)
+    monkeypatch.setattr(HFEngine, "generate", orig)
+    return calls, ids
+
+
+def test_one_rollout_call_per_step_and_samples_independent_of_batching(tiny_tok, tmp_path, monkeypatch):
+    """All of a step's prompts are sampled in one engine call (rollout.batch_size caps it), then trained micro-batch
+    by micro-batch; each sequence's seed comes from its place in the step, so the first step's rollouts are the
+    same whatever the micro-batch size or rollout.batch_size (later steps follow weights that differ in float
+    rounding only)."""
+    base = {"train.max_steps": 1, "train.prompts_per_step": 8, "rollout.num_rollouts": 2, "rollout.max_new_tokens": 6}
+    one_call, a = _rollouts_of(cfg(**base, **{"train.micro_batch_size": 2}), tiny_tok, tmp_path, monkeypatch, "a")
+    assert one_call == [16]
+    calls, b = _rollouts_of(cfg(**base, **{"train.micro_batch_size": 8, "rollout.batch_size": 6}), tiny_tok,
+                            tmp_path, monkeypatch, "b")
+    assert calls == [6, 6, 4] and a == b

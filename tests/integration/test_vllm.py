@@ -18,7 +18,7 @@ import torch
 
 from helpers import (WORKER_OV, addition_records, build_tiny_model, examples, final_weights, fixed_batch_kl,
                      train_worker, wait_for, write_records)
-from selfdistill.engines import HFEngine, SamplingSpec, make_engine
+from selfdistill.engines import HFEngine, SamplingSpec, make_engine, prompt_seeds
 
 LOGPROB_TOL = 5e-4  # |vLLM log-prob - trainer log_softmax| per token, float32 on both sides (seen: < 1e-4)
 NEAR_TIE = 1e-3  # a greedy divergence is allowed only where HF's top-2 logits are closer than this
@@ -92,7 +92,7 @@ def test_sampled_logprobs_are_the_sampled_distribution(setup, tiny_tok, temperat
 
     model, engine, prompts = setup
     spec = spec_of(tiny_tok, temperature=temperature, top_p=top_p)
-    got = engine.generate(prompts, spec, seed=5, want_logprobs=True)
+    got = engine.generate(prompts, spec, seeds=prompt_seeds(5, len(prompts)), want_logprobs=True)
     warp = TopPLogitsWarper(top_p)
     n = 0
     for p, c in zip(prompts, got):
@@ -109,12 +109,14 @@ def test_sampled_logprobs_are_the_sampled_distribution(setup, tiny_tok, temperat
 def test_seeds_reproduce_and_do_not_depend_on_the_batch(setup, tiny_tok):
     _, engine, prompts = setup
     spec = spec_of(tiny_tok)
-    a = engine.generate(prompts, spec, seed=11)
-    b = engine.generate(prompts, spec, seed=11)
-    c = engine.generate(prompts[:3], spec, seed=11)
-    d = engine.generate(prompts, spec, seed=12)
+    n = len(prompts)
+    a = engine.generate(prompts, spec, seeds=prompt_seeds(11, n))
+    b = engine.generate(prompts, spec, seeds=prompt_seeds(11, n))
+    c = engine.generate(prompts[:3], spec, seeds=prompt_seeds(11, 3))
+    e = engine.generate(prompts[3:], spec, seeds=prompt_seeds(11, n - 3, start=3))
+    d = engine.generate(prompts, spec, seeds=prompt_seeds(12, n))
     assert [x.ids for x in a] == [x.ids for x in b]
-    assert [x.ids for x in a[:3]] == [x.ids for x in c]
+    assert [x.ids for x in a] == [x.ids for x in c + e]
     assert [x.ids for x in a] != [x.ids for x in d]
 
 
@@ -138,7 +140,7 @@ def test_should_stop_aborts_and_the_engine_stays_usable(setup, tiny_tok):
     _, engine, prompts = setup
     seen = []
     with pytest.raises(GenerationAborted):
-        engine.generate(prompts, spec_of(tiny_tok, max_new_tokens=200), seed=1,
+        engine.generate(prompts, spec_of(tiny_tok, max_new_tokens=200), seeds=prompt_seeds(1, len(prompts)),
                         should_stop=lambda: sum(seen) >= 2 * len(prompts), on_tokens=seen.append)
     assert sum(seen) < 3 * len(prompts) * 2  # within a step of the request
     assert not engine.llm.llm_engine.has_unfinished_requests()

@@ -18,7 +18,7 @@ from selfdistill.engines import Completion, rollout_spec
 from selfdistill.losses import DivergenceSpec, distillation_loss, sequence_importance_weights, token_logprobs_BT
 from selfdistill.training import train
 from selfdistill.training.batches import completion_logits, pack
-from selfdistill.training.steps import importance_weights, sdft_micro_step
+from selfdistill.training.steps import importance_weights, sample_rollouts, sdft_micro_step
 from selfdistill.training.teacher import Teacher
 
 COMPLETIONS = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
@@ -31,7 +31,7 @@ class FixedEngine:
     def __init__(self, completions, logprobs=None):
         self.completions, self.logprobs, self.autocast_seen = completions, logprobs, None
 
-    def generate(self, prompt_ids, spec, *, seed=None, want_logprobs=False, should_stop=None, on_tokens=None):
+    def generate(self, prompt_ids, spec, *, seeds=None, want_logprobs=False, should_stop=None, on_tokens=None):
         self.autocast_seen = torch.is_autocast_enabled("cpu")
         lps = self.logprobs or [[0.0] * len(c) for c in self.completions]
         return [Completion(list(c), lp if want_logprobs else None) for c, lp in zip(self.completions, lps)]
@@ -51,8 +51,8 @@ def _step(tok, cfg, engine, amp=contextlib.nullcontext):
             p.add_(0.05 * torch.randn_like(p))
     items, _ = encode_examples(tok, examples(2), cfg.data, cfg.context)
     timings = {"generate": 0.0, "teacher": 0.0, "student": 0.0}
-    loss, metrics, _ = sdft_micro_step(model, teacher, engine, rollout_spec(cfg.rollout, [tok.eos_token_id]), tok,
-                                       items, cfg, 0, 2, amp, timings)
+    rollouts = sample_rollouts(model, engine, rollout_spec(cfg.rollout, [tok.eos_token_id]), items, cfg, [0, 1], amp)
+    loss, metrics, _ = sdft_micro_step(model, teacher, tok, items, rollouts, cfg, 2, amp, timings)
     return model, teacher, items, loss, metrics
 
 

@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 from .base import (Completion, Engine, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, eval_mode,
-                   greedy_spec, hf_module, ignored_generation_settings, pad_id, rollout_spec, stop_ids_for)
+                   greedy_spec, hf_module, ignored_generation_settings, pad_id, prompt_seeds, rollout_spec,
+                   stop_ids_for)
 from .hf import HFEngine, left_pad
 
 __all__ = ["Completion", "Engine", "GenerationAborted", "HFEngine", "SamplingSpec", "cut_at_stop", "derive_seed",
            "eval_mode", "greedy_completions", "greedy_spec", "hf_module", "ignored_generation_settings", "left_pad",
-           "make_engine", "pad_id", "rollout_spec", "stop_ids_for"]
+           "make_engine", "pad_id", "prompt_seeds", "rollout_spec", "stop_ids_for"]
 
 
 def make_engine(kind: str, model, tokenizer, cfg=None, *, batch_size: int | None = None) -> Engine:

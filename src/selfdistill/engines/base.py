@@ -4,13 +4,20 @@ Training rollouts, `eval`, `probe`, drift and the continual runner all call an :
 (:func:`selfdistill.engines.make_engine` builds one):
 
     engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg)
-    completions = engine.generate(prompt_ids, spec, seed=s, want_logprobs=True, should_stop=flag, on_tokens=bar)
+    completions = engine.generate(prompt_ids, spec, seeds=prompt_seeds(s, len(prompt_ids)), want_logprobs=True,
+                                  should_stop=flag, on_tokens=bar)
 
 * :class:`SamplingSpec` is built from selfdistill's own settings only. The checkpoint's `generation_config`
   (a shipped `repetition_penalty`, `top_k`, `min_p`, ...) is never merged in: on-policy distillation assumes
   rollouts are plain samples from the student. :func:`ignored_generation_settings` names what was ignored.
 * Generation stops at every end-of-turn id of the model (`models.end_of_turn_ids`), and completions are cut
   after the first one (kept).
+* `seeds`: one per prompt. Each prompt is sampled from its own generator seeded with its seed, so its sample
+  does not depend on the other prompts of the call or on how the caller batched them (up to the kernels'
+  batch invariance: a different batch or padding can change a logit in its last bits, which flips a sample only
+  when two candidates tie that closely). Training derives a prompt's seed from the run's seed, the step and the
+  prompt's place in the step's global batch (`prompt_seeds`), so micro-batch size, rollout.batch_size and the
+  number of processes leave the rollouts unchanged.
 * `want_logprobs` returns each sampled token's log-probability under the distribution actually sampled from
   (after temperature and top-p), for the truncated importance-sampling correction.
 * `should_stop()` is polled once per decoded token; when it turns true the call raises
@@ -26,7 +33,7 @@ import contextlib
 import hashlib
 import sys
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from transformers import GenerationConfig
 
@@ -57,7 +64,7 @@ class Engine(Protocol):
     name: str
     uses_live_model: bool  # generates with the trainer's own module (hf: under its autocast) or a copy (vLLM)
 
-    def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec, *, seed: int | None = None,
+    def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec, *, seeds: Sequence[int] | None = None,
                  want_logprobs: bool = False, should_stop: Callable[[], bool] | None = None,
                  on_tokens: Callable[[int], None] | None = None) -> list[Completion]: ...
 
@@ -74,6 +81,12 @@ def pad_id(tokenizer) -> int:
 
 def derive_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "little")
+
+
+def prompt_seeds(seed: int, n: int, start: int = 0) -> list[int]:
+    """The seeds of prompts start .. start + n - 1 of a batch sampled with `seed`: prompt k gets
+    derive_seed(seed, k), whoever samples it and in whatever call."""
+    return [derive_seed(seed, k) for k in range(start, start + n)]
 
 
 def rollout_spec(rollout_cfg, stop_ids) -> SamplingSpec:

@@ -1,4 +1,10 @@
-"""`HFEngine`: `transformers.generate` on the live module (batched, left padded, KV cache)."""
+"""`HFEngine`: `transformers.generate` on the live module (batched, left padded, KV cache).
+
+Sampling is per row: `RowSampler` draws each row's token from that prompt's own generator (Gumbel-max over the
+tempered, top-k / top-p restricted logits, exactly a sample of that distribution) and hands transformers' greedy
+step scores that pick it. A prompt's sample thus depends on its seed and its logits only, not on its batch.
+`transformers.generate` itself samples the whole batch from the global generator, which ties every row's sample
+to the batch it is in."""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import sys
 
 import torch
 from tqdm import tqdm
-from transformers import GenerationConfig, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList, TopKLogitsWarper, \
+    TopPLogitsWarper
 
 from .base import Completion, GenerationAborted, SamplingSpec, cut_at_stop, eval_mode, hf_module, notice_ignored, \
     plain_generation_config
@@ -43,6 +50,34 @@ class _Watch:
         return torch.zeros(input_ids_BL.shape[0], dtype=torch.bool, device=input_ids_BL.device)
 
 
+class RowSampler:
+    """A logits processor that samples each row with its own generator and returns scores whose argmax is that
+    sample (0 there, -inf elsewhere), so transformers' greedy step takes it. `logprobs_BT()`: the sampled tokens'
+    log-probs under the distribution sampled from (after temperature, top-k, top-p)."""
+
+    def __init__(self, spec: SamplingSpec, seeds: list[int], device: torch.device):
+        self.temperature = spec.temperature
+        self.restrict = ([TopKLogitsWarper(spec.top_k)] if spec.top_k > 0 else []) + \
+            ([TopPLogitsWarper(spec.top_p)] if spec.top_p < 1.0 else [])
+        self.generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+        self.lps_B: list[torch.Tensor] = []
+
+    def __call__(self, input_ids_BL: torch.Tensor, scores_BV: torch.Tensor) -> torch.Tensor:
+        logits_BV = scores_BV.float() / self.temperature
+        for warp in self.restrict:
+            logits_BV = warp(input_ids_BL, logits_BV)
+        logp_BV = logits_BV.log_softmax(-1)
+        V = logp_BV.shape[-1]
+        u_BV = torch.stack([torch.rand(V, generator=g, device=logp_BV.device) for g in self.generators])
+        gumbel_BV = -torch.log(-torch.log(u_BV.clamp_(min=1e-20, max=1.0 - 1e-7)))
+        tok_B1 = (logp_BV + gumbel_BV).argmax(-1, keepdim=True)
+        self.lps_B.append(logp_BV.gather(-1, tok_B1).squeeze(-1))
+        return torch.full_like(logits_BV, float("-inf")).scatter_(-1, tok_B1, 0.0)
+
+    def logprobs_BT(self) -> torch.Tensor:
+        return torch.stack(self.lps_B, 1)
+
+
 class HFEngine:
     """`transformers.generate` on the live module. `batch_size=None`: one batch in input order (rollouts);
     otherwise prompts are sorted longest first and decoded in batches of that size (evaluation)."""
@@ -60,48 +95,52 @@ class HFEngine:
     def close(self) -> None:  # holds nothing of its own
         self.model = None
 
-    def generate(self, prompt_ids, spec: SamplingSpec, *, seed=None, want_logprobs=False, should_stop=None,
+    def generate(self, prompt_ids, spec: SamplingSpec, *, seeds=None, want_logprobs=False, should_stop=None,
                  on_tokens=None) -> list[Completion]:
         if not prompt_ids:
             return []
         if spec.max_new_tokens < 1:
             return [Completion([], [] if want_logprobs else None) for _ in prompt_ids]
+        if not spec.greedy and (seeds is None or len(seeds) != len(prompt_ids)):
+            raise ValueError(f"sampling {len(prompt_ids)} prompts needs one seed per prompt "
+                             f"(engines.prompt_seeds), got {None if seeds is None else len(seeds)}")
         if self.batch_size is None:
             order, bs = list(range(len(prompt_ids))), len(prompt_ids)
         else:
             order, bs = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i])), max(1, self.batch_size)
         out: list[Completion | None] = [None] * len(prompt_ids)
-        if seed is not None:
-            torch.manual_seed(seed)
         notice_ignored(self.model)
         with tqdm(total=len(order), desc=self.progress, unit="item", file=sys.stderr,
                   disable=self.progress is None) as bar:
             for s in range(0, len(order), bs):
                 idx = order[s:s + bs]
-                batch = self._batch([prompt_ids[i] for i in idx], spec, want_logprobs, should_stop, on_tokens)
+                batch = self._batch([prompt_ids[i] for i in idx], spec, None if spec.greedy else
+                                    [seeds[i] for i in idx], want_logprobs, should_stop, on_tokens)
                 for i, c in zip(idx, batch):
                     out[i] = c
                 bar.update(len(idx))
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _batch(self, prompts, spec, want_logprobs, should_stop, on_tokens) -> list[Completion]:
+    def _batch(self, prompts, spec, seeds, want_logprobs, should_stop, on_tokens) -> list[Completion]:
         model = hf_module(self.model)
         device = next(model.parameters()).device
         ids_BL, att_BL = left_pad(prompts, self.pad_id)
         L = ids_BL.shape[1]
-        sampling = {} if spec.greedy else dict(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k)
-        gc = GenerationConfig(do_sample=not spec.greedy, num_beams=1, max_new_tokens=spec.max_new_tokens,
+        sampler = None if spec.greedy else RowSampler(spec, seeds, device)
+        gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=spec.max_new_tokens,
                               eos_token_id=list(spec.stop_ids), pad_token_id=self.pad_id, use_cache=True,
-                              return_dict_in_generate=True, output_scores=want_logprobs, **sampling)
+                              return_dict_in_generate=True, output_scores=want_logprobs and spec.greedy)
         watch = StoppingCriteriaList([_Watch(spec.stop_ids, should_stop, on_tokens)])
         with eval_mode(self.model), plain_generation_config(model):
             out = model.generate(input_ids=ids_BL.to(device), attention_mask=att_BL.to(device),
-                                 generation_config=gc, stopping_criteria=watch)
+                                 generation_config=gc, stopping_criteria=watch,
+                                 logits_processor=LogitsProcessorList([sampler] if sampler else []))
         new_BT = out.sequences[:, L:]
-        if want_logprobs:  # processed scores = the distribution sampled from
-            lp_BT = torch.stack([s.float().log_softmax(-1).gather(-1, new_BT[:, i:i + 1]).squeeze(-1)
-                                 for i, s in enumerate(out.scores)], 1)
+        if want_logprobs:  # the distribution sampled from (greedy: the model's own, a point mass being taken)
+            lp_BT = sampler.logprobs_BT() if sampler else torch.stack(
+                [s.float().log_softmax(-1).gather(-1, new_BT[:, i:i + 1]).squeeze(-1)
+                 for i, s in enumerate(out.scores)], 1)
         result = []
         for b in range(new_BT.shape[0]):
             ids = cut_at_stop(new_BT[b].tolist(), spec.stop_ids)

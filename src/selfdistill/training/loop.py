@@ -1,9 +1,11 @@
 """The training loop: SDFT, and the SFT / DFT baselines in the same loop.
 
 One SDFT optimizer step (`optimizer_step`):
-  1-4. `steps.sdft_micro_step` over the micro-batches: the student samples from the prompt alone, the teacher (EMA
-       weights, demonstration in context) and the student score those tokens, per-token forward KL(teacher ||
-       student) over the full vocabulary by default (steps.py has the step written out)
+  1.   `steps.sample_rollouts`: the student samples from the prompt alone, all of the process's prompts of the
+       step at once (rollout.batch_size caps one engine call)
+  2-4. `steps.sdft_micro_step` over the micro-batches: the teacher (EMA weights, demonstration in context) and
+       the student score those tokens, per-token forward KL(teacher || student) over the full vocabulary by
+       default (steps.py has the step written out)
   5.   update: AdamW, clip 1.0, cosine schedule; then teacher <- (1 - a) teacher + a student (teacher.py), and the
        rollout engine gets the new weights
 SFT/DFT use the same data order, schedule, logging and checkpoints; only their micro step differs (steps.py).
@@ -26,13 +28,13 @@ import torch
 
 from ..config import Config
 from ..data import Example
-from ..engines import GenerationAborted, derive_seed
+from ..engines import GenerationAborted, derive_seed, prompt_seeds
 from . import distributed
 from .checkpoint import latest_checkpoint, rng_state, set_rng_state
 from .errors import TrainingError
 from .runtime import MetricsLog, Progress, StepAborted, StopFlag, save, save_final, save_on_stop
 from .setup import Run, setup
-from .steps import sdft_micro_step, sft_micro_step
+from .steps import sample_rollouts, sdft_micro_step, sft_micro_step
 
 
 @dataclass
@@ -54,19 +56,39 @@ def _stop_agreed(run: Run, stop: StopFlag) -> bool:
     return flag
 
 
-def _micro_batch(run: Run, i: int, stop: StopFlag, timings: dict, progress) -> tuple[torch.Tensor, dict, list]:
-    cfg, mb = run.cfg, run.cfg.train.micro_batch_size
-    P, rank = cfg.train.prompts_per_step, run.acc.process_index
+def _rank_items(run: Run) -> list:
+    """This process's prompts of the current optimizer step."""
+    P, rank = run.cfg.train.prompts_per_step, run.acc.process_index
     step_idx = run.order[run.step * P + rank * run.per_rank: run.step * P + (rank + 1) * run.per_rank]
-    items = [run.encoded[j] for j in step_idx[i * mb:(i + 1) * mb]]
-    total = run.per_rank * (cfg.rollout.num_rollouts if cfg.train.method == "sdft" else 1)
-    if cfg.train.method != "sdft":
-        return (*sft_micro_step(run.wrapped, run.tokenizer, items, cfg, total, run.amp, cfg.train.method), [])
-    # a stop signal aborts generation at once with one process; with several, ranks agree between micro-batches
+    return [run.encoded[j] for j in step_idx]
+
+
+def _rollouts(run: Run, items: list, stop: StopFlag, timings: dict, progress) -> list:
+    """1. All of this process's rollouts for the step (steps.sample_rollouts). Sequence k of the step's global
+    batch (prompt-major, R per prompt) draws from seed derive_seed(derive_seed(train.seed, step), k), so the
+    samples do not depend on micro-batch size, rollout.batch_size or the number of processes."""
+    R = run.cfg.rollout.num_rollouts
+    seeds = prompt_seeds(derive_seed(run.cfg.train.seed, run.step), len(items) * R,
+                         start=run.acc.process_index * run.per_rank * R)
+    # a stop signal aborts generation at once with one process; with several, ranks agree between phases
     should_stop = stop.is_set if run.world == 1 else None
-    return sdft_micro_step(run.wrapped, run.teacher, run.engine, run.spec, run.tokenizer, items, cfg,
-                           derive_seed(cfg.train.seed, run.step, rank * run.n_micro + i), total, run.amp, timings,
-                           should_stop=should_stop, on_tokens=progress.tokens)
+    progress.sampling(len(seeds))
+    t0 = time.perf_counter()
+    rollouts = sample_rollouts(run.wrapped, run.engine, run.spec, items, run.cfg, seeds, run.amp,
+                               should_stop=should_stop, on_tokens=progress.tokens)
+    timings["generate"] += time.perf_counter() - t0
+    return rollouts
+
+
+def _micro_batch(run: Run, items: list, rollouts: list | None, i: int, timings: dict) -> tuple[torch.Tensor, dict, list]:
+    cfg, mb = run.cfg, run.cfg.train.micro_batch_size
+    R = cfg.rollout.num_rollouts if cfg.train.method == "sdft" else 1
+    total = run.per_rank * R
+    mine = items[i * mb:(i + 1) * mb]
+    if rollouts is None:
+        return (*sft_micro_step(run.wrapped, run.tokenizer, mine, cfg, total, run.amp, cfg.train.method), [])
+    return sdft_micro_step(run.wrapped, run.teacher, run.tokenizer, mine, rollouts[i * mb * R:(i + 1) * mb * R],
+                           cfg, total, run.amp, timings)
 
 
 def _apply_update(run: Run, nonfinite: bool, agg: dict) -> float:
@@ -106,7 +128,13 @@ def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
     previews: list[str] = []
     nonfinite = False
     run.model.train()
+    items = _rank_items(run)
     try:
+        rollouts = None
+        if cfg.train.method == "sdft":
+            if _stop_agreed(run, stop):
+                raise StepAborted()
+            rollouts = _rollouts(run, items, stop, timings, progress)
         for i in range(run.n_micro):
             if _stop_agreed(run, stop):
                 raise StepAborted()
@@ -116,7 +144,7 @@ def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
             # stay sharded: no full-size gradient buffer), the sum is the same up to float rounding
             sync = run.acc.no_sync(run.wrapped) if (run.strategy == "ddp" and not last) else contextlib.nullcontext()
             with sync:
-                loss, m, comps = _micro_batch(run, i, stop, timings, progress)
+                loss, m, comps = _micro_batch(run, items, rollouts, i, timings)
                 ts = time.perf_counter()
                 nonfinite |= not bool(torch.isfinite(loss))
                 loss.backward()

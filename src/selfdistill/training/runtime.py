@@ -68,17 +68,21 @@ class StopFlag:
 
 
 class Progress:
-    """The step bar (with tqdm's remaining-time estimate) and, inside a step, micro-batches done and rollout
-    tokens generated, refreshed at most twice a second."""
+    """The step bar (with tqdm's remaining-time estimate) and, inside a step, the phase (sampling, micro-batch i/n)
+    and rollout tokens generated, refreshed at most twice a second."""
 
     def __init__(self, run: Run, enabled: bool):
         self.bar = tqdm(total=run.cfg.train.max_steps, initial=run.step, disable=not enabled,
                         desc=run.cfg.train.method, dynamic_ncols=True, file=sys.stderr)
-        self.enabled, self.n_tokens, self.i, self.n, self.last = enabled, 0, 0, 1, 0.0
-        self.metrics, self.sdft = "", run.cfg.train.method == "sdft"
+        self.enabled, self.n_tokens, self.last = enabled, 0, 0.0
+        self.metrics, self.sdft, self.phase = "", run.cfg.train.method == "sdft", ""
+
+    def sampling(self, n: int) -> None:
+        self.phase = f"sampling {n} rollouts"
+        self._show(force=True)
 
     def micro(self, i: int, n: int) -> None:
-        self.i, self.n = i, n
+        self.phase = f"micro-batch {i + 1}/{n}"
         self._show(force=True)
 
     def tokens(self, n: int) -> None:
@@ -90,7 +94,7 @@ class Progress:
         if not self.enabled or (not force and now - self.last < 0.5):
             return
         self.last = now
-        inside = f"micro-batch {self.i + 1}/{self.n}" + (f", {self.n_tokens} rollout tokens" if self.sdft else "")
+        inside = self.phase + (f", {self.n_tokens} rollout tokens" if self.sdft else "")
         self.bar.set_postfix_str(f"{self.metrics}{' | ' if self.metrics else ''}{inside}", refresh=True)
 
     def step_done(self, rec: dict) -> None:

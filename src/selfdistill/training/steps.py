@@ -1,8 +1,11 @@
-"""One micro-step of each method: SDFT, and the SFT / DFT baselines. Each returns (loss to backpropagate, metrics).
+"""The steps of each method: SDFT's rollouts and micro-step, and the SFT / DFT baselines' micro-step.
 
-One SDFT micro-step (`sdft_micro_step`):
-  1. rollout   y ~ p_theta(. | Ctx_S(x))         student samples from the prompt only (no grad; temperature 1;
-                                                     selfdistill.engines: hf or vllm, stop at every end of turn)
+One SDFT optimizer step (`loop.optimizer_step`):
+  1. rollout   y ~ p_theta(. | Ctx_S(x))         `sample_rollouts`: the student samples from the prompt only, for
+                                                     all of the step's prompts at once (no grad; temperature 1;
+                                                     selfdistill.engines: hf or vllm, stop at every end of turn;
+                                                     one engine call, or calls of rollout.batch_size sequences)
+then per micro-batch (`sdft_micro_step`):
   2. teacher   q_t = pi_phi(. | Ctx_T(x, c), y_<t)  the teacher (EMA weights) scores the same completion ids
                                                      with the demonstration in its context (inference_mode)
   3. student   p_t = p_theta(. | Ctx_S(x), y_<t)    the student scores them with gradient
@@ -27,6 +30,7 @@ import torch
 from .. import losses
 from ..config import Config
 from ..contexts import Encoded, prompt_opens_reasoning, reasoning_token_ids
+from ..engines import Completion
 from . import distributed
 from .batches import Packed, completion_logits, pack
 from .errors import TrainingError
@@ -74,26 +78,36 @@ def reasoning_keep_mask(tokenizer, student_prompts: list[list[int]], sb: Packed)
     return ~losses.reasoning_mask_BT(sb.completion_ids_BT, o, c, inside_B)
 
 
-def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: list[Encoded], cfg: Config,
-                    seed: int, num_sequences_total: int, amp, timings: dict,
-                    should_stop=None, on_tokens=None) -> tuple[torch.Tensor, dict, list]:
+def sample_rollouts(model, engine, spec, items: list[Encoded], cfg: Config, seeds: list[int], amp,
+                    should_stop=None, on_tokens=None) -> list[Completion]:
+    """1. rollout: rollout.num_rollouts completions per item, item by item (item j's at j*R .. j*R+R-1), in one
+    engine call (rollout.batch_size=0) or calls of rollout.batch_size sequences; `seeds`: one per sequence.
+    FSDP2 with an engine on the live module: every layer gathered once, then decoding runs without collectives
+    (ranks may finish at different lengths). bf16 autocast only where the engine runs the trainer's module (hf)
+    on a GPU; vLLM computes in its own, explicit dtype, and on CPU decoding under autocast was no faster unloaded
+    and 3x slower under load than in float32 (docs/performance.md)."""
+    prompts = [e.student_prompt_ids for e in items for _ in range(cfg.rollout.num_rollouts)]
+    live = engine.uses_live_model
+    rollout_amp = amp if live and distributed.compute_device(model).type != "cpu" else contextlib.nullcontext
+    gathered = distributed.unsharded(model) if live else contextlib.nullcontext()
+    n, out = cfg.rollout.batch_size or len(prompts), []
+    with rollout_amp(), gathered:  # vLLM samples from its own copy: the shards stay sharded
+        for s in range(0, len(prompts), n):
+            out += engine.generate(prompts[s:s + n], spec, seeds=seeds[s:s + n],
+                                   want_logprobs=cfg.loss.importance_weights, should_stop=should_stop,
+                                   on_tokens=on_tokens)
+    return out
+
+
+def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], rollouts: list[Completion],
+                    cfg: Config, num_sequences_total: int, amp, timings: dict) -> tuple[torch.Tensor, dict, list]:
+    """2-4 on a micro-batch's items and their rollouts (from `sample_rollouts`)."""
     device = distributed.compute_device(model)
     R = cfg.rollout.num_rollouts
     student_prompts = [e.student_prompt_ids for e in items for _ in range(R)]
     teacher_prompts = [e.teacher_prompt_ids for e in items for _ in range(R)]
-    T = 1.0 if cfg.rollout.greedy else cfg.rollout.temperature
-
-    t0 = time.perf_counter()
-    # 1. rollout: the student samples from the prompt alone (FSDP2: every layer gathered once, then decoding
-    # runs without collectives, so ranks may finish at different lengths). bf16 autocast only where the engine
-    # runs the trainer's module (hf) on a GPU; vLLM computes in its own, explicit dtype, and on CPU decoding
-    # under autocast was no faster unloaded and 3x slower under load than in float32 (docs/performance.md).
-    rollout_amp = amp if engine.uses_live_model and device.type != "cpu" else contextlib.nullcontext
-    gathered = distributed.unsharded(model) if engine.uses_live_model else contextlib.nullcontext()
-    with rollout_amp(), gathered:  # vLLM samples from its own copy: the shards stay sharded
-        rollouts = engine.generate(student_prompts, spec, seed=seed, want_logprobs=cfg.loss.importance_weights,
-                                   should_stop=should_stop, on_tokens=on_tokens)
     completions = [r.ids for r in rollouts]
+    T = 1.0 if cfg.rollout.greedy else cfg.rollout.temperature
     t1 = time.perf_counter()
     with distributed.no_grad_for(model), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
         teacher_logits_BTV = completion_logits(teacher_model, pack(teacher_prompts, completions,
@@ -113,7 +127,6 @@ def sdft_micro_step(model, teacher: Teacher, engine, spec, tokenizer, items: lis
         num_sequences_total=num_sequences_total, importance_weights_B=weights_B,
         chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None,  # top-k: not chunked
         keep_mask_BT=keep_BT)
-    timings["generate"] += t1 - t0
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
     if capped_frac is not None:
