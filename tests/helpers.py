@@ -26,6 +26,7 @@ ROOT = TESTS.parent
 DATA = TESTS / "data"
 DIST_WORKER = TESTS / "integration" / "dist_worker.py"
 FSDP_WORKER = TESTS / "integration" / "fsdp_worker.py"
+VLLM_DIST_WORKER = TESTS / "integration" / "vllm_dist_worker.py"
 TRAIN_WORKER = TESTS / "integration" / "train_worker.py"
 
 # ----------------------------------------------------------------------------------------------------------
@@ -77,6 +78,17 @@ def build_tiny_model(tok, seed: int = 0, layers: int = 2, hidden: int = 64, tied
     m = LlamaForCausalLM(cfg)
     m.generation_config.eos_token_id = tok.eos_token_id
     m.generation_config.pad_token_id = tok.pad_token_id
+    return m
+
+
+def peaked_tiny_model(tok, seed: int = 0):
+    """The tiny Llama at hidden 128 (vLLM's CPU attention needs a head size of 32 or more) with extra weight noise,
+    so that its logits are peaked: greedy comparisons between engines are then meaningful (no near-ties)."""
+    m = build_tiny_model(tok, seed=seed, hidden=128)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
     return m
 
 

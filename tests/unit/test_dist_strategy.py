@@ -59,7 +59,6 @@ def test_accelerate_fsdp_config_is_read_and_fsdp1_refused():
 @pytest.mark.parametrize("overrides, match", [
     ({"model.lora": True}, "model.lora=true with dist.strategy=fsdp is not supported"),
     ({"teacher.kind": "live"}, "teacher.kind=live with dist.strategy=fsdp is not supported"),
-    ({"rollout.engine": "vllm"}, "rollout.engine=vllm with dist.strategy=fsdp is not supported"),
 ])
 def test_train_refuses_unsupported_fsdp_combinations_at_start(overrides, match, tmp_path, tiny_tok, tiny_model):
     from selfdistill.config import load_config

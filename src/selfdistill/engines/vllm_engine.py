@@ -42,12 +42,14 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import save_file
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from transformers import AutoConfig
 
 from .base import Completion, GenerationAborted, SamplingSpec, cut_at_stop, hf_module
@@ -80,41 +82,66 @@ def _tied(hf) -> bool:
     return bool(getattr(hf.config, "tie_word_embeddings", False))
 
 
-def merged_state_dict(model) -> dict[str, torch.Tensor]:
-    """The weights to generate with, under transformers' names. A peft model gives W + scale * B @ A of its
-    active adapter (the trainer's), computed aside: the adapter stays unmerged in the student and any other
-    adapter (the LoRA teacher's) is left out. A tied lm_head is included: vLLM's CPU backend keeps a repacked
-    copy of it that only a load of lm_head.weight itself refreshes."""
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """An FSDP2 shard (DTensor) gathered into the full tensor: a collective, so every rank gathers the same
+    parameters in the same order. An offloaded (CPU) shard is moved to the GPU first under NCCL (unrun on a GPU)."""
+    if not isinstance(t, DTensor):
+        return t
+    if t.device.type == "cpu" and dist.get_backend() == "nccl":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    return t.full_tensor()
+
+
+def _lora_merged(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """A peft model's base weights with W + scale * B @ A of its active adapter (the trainer's), computed aside one
+    layer at a time: the adapter stays unmerged in the student and any other adapter (the LoRA teacher's) is left
+    out. LoRA is never sharded (refused under FSDP2)."""
+    base, active = model.get_base_model(), model.active_adapter
+    lora = {f"{name}.weight": mod for name, mod in base.named_modules()
+            if isinstance(mod, LoraLayer) and active in mod.lora_A}
+    for k, v in base.state_dict().items():
+        if ".lora_" in k or "modules_to_save" in k:
+            continue
+        k = k.replace(".base_layer.", ".")
+        if k in lora:
+            with torch.no_grad():  # not around the yield: grad mode is the consumer's between items
+                v = v + lora[k].get_delta_weight(active).to(v.dtype)
+        yield k, v
+
+
+def checkpoint_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights to generate with, under transformers' names, produced lazily ONE AT A TIME: a sharded (FSDP2)
+    parameter is gathered only when the consumer asks for it, so no full copy of the model is built (vLLM's loader
+    keeps at most one of its fused layers' inputs, e.g. q, k, v, until that layer is complete). Every rank must
+    consume the whole iterator (the gathers are collectives); the order is the state dict's, the same everywhere.
+    LoRA: see _lora_merged. A tied lm_head is included: vLLM's CPU backend keeps a repacked copy of it that only
+    a load of lm_head.weight itself refreshes."""
     model = getattr(model, "module", model)
-    if hasattr(model, "peft_config"):
-        base = model.get_base_model()
-        active = model.active_adapter
-        deltas = {f"{name}.weight": mod.get_delta_weight(active) for name, mod in base.named_modules()
-                  if isinstance(mod, LoraLayer) and active in mod.lora_A}
-        sd = {}
-        for k, v in base.state_dict().items():
-            if ".lora_" in k or "modules_to_save" in k:
-                continue
-            k = k.replace(".base_layer.", ".")
-            sd[k] = v + deltas[k].to(v.dtype) if k in deltas else v
-    else:
-        base = hf_module(model)
-        sd = dict(base.state_dict())
-    if _tied(base) and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:  # pushed too: see the module docstring (tied lm_head)
-        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    return {k: v.detach() for k, v in sd.items()}
+    peft = hasattr(model, "peft_config")
+    base = model.get_base_model() if peft else hf_module(model)
+    names = set()
+    for k, v in _lora_merged(model) if peft else base.state_dict().items():
+        names.add(k)
+        yield k, _full(v.detach())
+    if _tied(base) and "lm_head.weight" not in names and "model.embed_tokens.weight" in names:
+        yield "lm_head.weight", _full(base.state_dict()["model.embed_tokens.weight"].detach())
+
+
+def _architecture(hf) -> str:
+    """The transformers class name (FSDP2 replaces a sharded module's class by a subclass, FSDP<name>)."""
+    return next(c for c in type(hf).__mro__ if not issubclass(c, FSDPModule)).__name__
 
 
 def save_for_vllm(model, folder: str | Path) -> Path:
-    """config.json + model.safetensors of `model` (merged, see merged_state_dict) in `folder`."""
+    """config.json of `model` in `folder`: the engine starts on dummy weights from it, then gets `model`'s
+    weights pushed (checkpoint_weights), so nothing is written per weight and a sharded model is never gathered
+    whole."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = hf_module(getattr(model, "module", model))
     config = hf.config.__class__.from_dict(hf.config.to_dict())
-    config.architectures = [type(hf).__name__]
+    config.architectures = [_architecture(hf)]
     config.save_pretrained(folder)
-    save_file({k: v.contiguous().cpu().clone() for k, v in merged_state_dict(model).items()},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
 
 
@@ -158,6 +185,12 @@ def _check_model(path: Path, config, max_model_len: int) -> None:
                           f"data.max_prompt_tokens")
 
 
+def sleep_mode(setting: str) -> bool:
+    """rollout.vllm_sleep resolved: `auto` is on where CUDA is available (vLLM's CPU backend has no sleep mode:
+    `enable_sleep_mode` raises "Sleep mode is not supported on current platform"), `on` / `off` as said."""
+    return setting == "on" or (setting == "auto" and torch.cuda.is_available())
+
+
 def _placement(config, dtype: str, max_model_len: int, gpu_memory_utilization: float, kv_cache_seqs: int,
                enforce_eager: bool | None) -> dict:
     """Memory, execution mode and process group of the engine (see the module docstring)."""
@@ -171,8 +204,8 @@ def _placement(config, dtype: str, max_model_len: int, gpu_memory_utilization: f
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # several training processes: one engine per process on the existing process group, as TRL's colocate
-        # mode does (external_launcher). Not in the tests (they run one process); run by hand once with 2 gloo
-        # processes (docs/vllm.md). A world of 1 is the group an earlier in-process engine created for itself.
+        # mode does (external_launcher); tested with 2 gloo processes under DDP and FSDP2
+        # (tests/integration/test_vllm_dist.py). A world of 1 is the group an earlier in-process engine created.
         kw["distributed_executor_backend"] = "external_launcher"
     return kw
 
@@ -183,9 +216,13 @@ class VLLMEngine:
 
     def __init__(self, model_path_or_model, tokenizer=None, *, dtype: str = "float32", max_model_len: int = 2048,
                  gpu_memory_utilization: float = 0.3, seed: int = 0, kv_cache_seqs: int = 8,
-                 enforce_eager: bool | None = None):
-        self._tmp = None
-        if isinstance(model_path_or_model, (str, Path)):
+                 enforce_eager: bool | None = None, sleep: bool = False):
+        if sleep and not torch.cuda.is_available():
+            raise EngineError("vLLM sleep mode needs a CUDA GPU (vLLM's CPU backend has none); set "
+                              "rollout.vllm_sleep=auto or off")
+        self._tmp, self.sleep, self._asleep = None, sleep, False
+        in_memory = not isinstance(model_path_or_model, (str, Path))
+        if not in_memory:
             path = Path(model_path_or_model)
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="selfdistill-vllm-")
@@ -199,9 +236,12 @@ class VLLMEngine:
             self.llm = LLM(model=str(path), dtype=dtype, seed=seed, max_model_len=self.max_model_len,
                            skip_tokenizer_init=not (path / "tokenizer_config.json").exists(),
                            generation_config="vllm", logprobs_mode="processed_logprobs", max_logprobs=1,
+                           load_format="dummy" if in_memory else "auto", enable_sleep_mode=sleep,
                            **_placement(config, dtype, self.max_model_len, gpu_memory_utilization, kv_cache_seqs,
                                         enforce_eager))
         self._calls = 0
+        if in_memory:  # started on dummy weights: the model's own, pushed one parameter at a time
+            self.sync_weights(model_path_or_model)
 
     @classmethod
     def for_model(cls, model, tokenizer, cfg=None) -> "VLLMEngine":
@@ -214,19 +254,40 @@ class VLLMEngine:
         else:
             max_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
             dtype, seed = cfg.model.dtype, cfg.train.seed
+        sleep = cfg is not None and sleep_mode(cfg.rollout.vllm_sleep)
         return cls(model, tokenizer, dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
-                   max_model_len=max_len, seed=seed)
+                   max_model_len=max_len, seed=seed, sleep=sleep)
 
     # -- weights
 
     def sync_weights(self, model) -> None:
-        """Push the trainer's current weights (LoRA: merged aside, see merged_state_dict)."""
-        weights = merged_state_dict(model)
+        """Push the trainer's current weights, gathered and loaded one parameter at a time (checkpoint_weights;
+        LoRA: merged aside). Under FSDP2 a collective: every rank pushes into its own engine at the same point.
+        Wakes a sleeping engine first."""
+        self._wake()
+        weights = checkpoint_weights(model)
         # the rotary embedding has no checkpoint weights; the reload says so at WARNING on every push
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()),
-                                                          "is_checkpoint_format": True})
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                              "is_checkpoint_format": True})
+        finally:  # a loader that stopped early: take part in the other ranks' remaining gathers all the same
+            left = [name for name, _ in weights]
+        if left:
+            raise EngineError(f"vLLM's weight loader stopped before {left[0]} ({len(left)} weights not pushed)")
         self.llm.reset_prefix_cache()
+
+    def _wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    def _sleep(self) -> None:
+        """Sleep mode (rollout.vllm_sleep, CUDA only): level 1 frees the KV cache and offloads the weights to CPU
+        between rollouts, leaving the GPU to the trainer; the next push or generate wakes the engine."""
+        if self.sleep and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
 
     # -- generation
 
@@ -252,6 +313,7 @@ class VLLMEngine:
         if spec.max_new_tokens < 1:
             return [Completion([], [] if want_logprobs else None) for _ in prompt_ids]
         self._check_lengths(prompt_ids, spec)
+        self._wake()
         engine, self._calls = self.llm.llm_engine, self._calls + 1
         index: dict[str, int] = {}
         for i, p in enumerate(prompt_ids):
@@ -279,6 +341,8 @@ class VLLMEngine:
         except BaseException:
             engine.abort_request(list(index))
             raise
+        finally:
+            self._sleep()
         return out  # type: ignore[return-value]
 
     @staticmethod

@@ -235,10 +235,9 @@ def check_launch(cfg: Config, world: int, strategy: str) -> None:
     except distributed.DistributedConfigError as e:
         raise TrainingError(str(e)) from None
     sdft = cfg.train.method == "sdft"
-    if strategy == "fsdp" and sdft and cfg.rollout.engine != "hf":
-        raise TrainingError(f"rollout.engine={cfg.rollout.engine} with dist.strategy=fsdp is not supported: the "
-                            f"engine would need the gathered weights after every step; use rollout.engine=hf, or "
-                            f"--dist ddp")
+    if sdft and cfg.rollout.engine == "vllm" and cfg.rollout.vllm_sleep == "on" and not torch.cuda.is_available():
+        raise TrainingError("rollout.vllm_sleep=on needs a CUDA GPU: vLLM's CPU backend has no sleep mode; use "
+                            "rollout.vllm_sleep=auto or off")
     if strategy == "fsdp" and sdft and cfg.teacher.kind == "live":
         raise TrainingError("teacher.kind=live with dist.strategy=fsdp is not supported: the teacher pass would "
                             "gather the student's weights as inference tensors; use teacher.kind=ema or frozen")
