@@ -74,6 +74,7 @@ class RolloutConfig:
     greedy: bool = False  # deterministic rollouts (tests, distributed equivalence)
     top_k: int = 0  # 0 = off (the paper samples with no top-k)
     vllm_sleep: str = "auto"  # vllm: sleep between rollouts (KV cache freed, weights offloaded); auto = on with CUDA
+    vllm_gpu_memory_utilization: float = 0.3  # vllm on a GPU: its share of the device (weights + KV cache)
     engine: str = "hf"  # hf (transformers.generate on the live weights) | vllm (optional extra; see docs/vllm.md)
     batch_size: int = 0  # sequences per engine call; 0: all of a process's rollouts for the optimizer step in one call
 
@@ -326,6 +327,7 @@ def validate(cfg: Config) -> None:
     need(0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
     need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     need(cfg.rollout.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)")
+    need(0 < cfg.rollout.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
     need(cfg.rollout.batch_size >= 0, "rollout.batch_size must be >= 0 (0 = all of the step's rollouts in one call)")
     need(cfg.loss.top_k >= 1, "loss.top_k must be >= 1")
     need(0 < cfg.loss.jsd_beta < 1, "loss.jsd_beta must be in (0, 1)")

@@ -45,6 +45,9 @@ def test_unknown_key_suggests():
     ("loss.divergence", "kl", "is not one of"),
     ("train.max_steps", "abc", "expected an integer"),
     ("train.micro_batch_size", "3", "multiple of"),
+    ("rollout.batch_size", "-1", "rollout.batch_size must be >= 0"),
+    ("rollout.vllm_sleep", "yes", "is not one of"),
+    ("rollout.vllm_gpu_memory_utilization", "1.2", "rollout.vllm_gpu_memory_utilization must be in (0, 1)"),
 ])
 def test_out_of_range(key, val, frag):
     with pytest.raises(ConfigError) as e:

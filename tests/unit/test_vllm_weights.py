@@ -144,3 +144,20 @@ def test_sleep_mode_sleeps_after_each_generate_and_wakes_before_the_push_and_the
         engine.sync_weights(model)
         engine.generate([[1, 5]], spec)
         assert engine.llm.calls == want
+
+
+def test_the_gpu_share_and_sleep_keys_reach_the_engine(tiny_tok, monkeypatch):
+    """rollout.vllm_gpu_memory_utilization and rollout.vllm_sleep go from the config to the engine, and on CUDA the
+    share is what vLLM is given (the CPU backend sizes its KV cache instead)."""
+    from selfdistill.config import load_config
+    from selfdistill.engines.vllm_engine import VLLMEngine, _placement
+
+    seen = {}
+    monkeypatch.setattr(VLLMEngine, "__init__", lambda self, model, tok, **kw: seen.update(kw))
+    model = build_tiny_model(tiny_tok)
+    VLLMEngine.for_model(model, tiny_tok, load_config(overrides={
+        "rollout.engine": "vllm", "rollout.vllm_gpu_memory_utilization": "0.55", "rollout.vllm_sleep": "on"}))
+    assert (seen["gpu_memory_utilization"], seen["sleep"]) == (0.55, True)
+    assert "gpu_memory_utilization" not in _placement(model.config, "float32", 64, 0.55, 8, None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _placement(model.config, "bfloat16", 64, 0.55, 8, None)["gpu_memory_utilization"] == 0.55

@@ -27,8 +27,8 @@
 
 On the CPU backend vLLM reserves `gpu_memory_utilization` x the machine's memory; here the KV cache is sized
 explicitly instead (`kv_cache_memory_bytes`: max_model_len tokens for `kv_cache_seqs` = 8 sequences, +25 %; more
-run at once when they are shorter). On a GPU it takes `gpu_memory_utilization` = 0.3 of the device (weights + KV
-cache), leaving the rest to the trainer; there it compiles and uses CUDA graphs (`reload_weights` copies into the
+run at once when they are shorter). On a GPU it takes `gpu_memory_utilization` of the device
+(`rollout.vllm_gpu_memory_utilization`, 0.3: weights + KV cache), leaving the rest to the trainer; there it compiles and uses CUDA graphs (`reload_weights` copies into the
 same tensors, so the graphs stay valid). Start-up is once per process: under several processes each one drives
 its own engine for its own prompts (as TRL's colocate mode).
 """
@@ -250,13 +250,13 @@ class VLLMEngine:
             max_len = 2048
             limit = getattr(hf_module(getattr(model, "module", model)).config, "max_position_embeddings", None)
             max_len = min(max_len, limit) if limit else max_len
-            dtype, seed = str(next(model.parameters()).dtype).removeprefix("torch."), 0
+            dtype, seed, share = str(next(model.parameters()).dtype).removeprefix("torch."), 0, 0.3
         else:
             max_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-            dtype, seed = cfg.model.dtype, cfg.train.seed
+            dtype, seed, share = cfg.model.dtype, cfg.train.seed, cfg.rollout.vllm_gpu_memory_utilization
         sleep = cfg is not None and sleep_mode(cfg.rollout.vllm_sleep)
         return cls(model, tokenizer, dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
-                   max_model_len=max_len, seed=seed, sleep=sleep)
+                   max_model_len=max_len, seed=seed, sleep=sleep, gpu_memory_utilization=share)
 
     # -- weights
 
