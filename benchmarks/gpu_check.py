@@ -105,7 +105,7 @@ def run_method(method: str, args, tok, device, dtype, out_root: str, engine: str
         "model.dtype": "float32" if args.fp32 else "bfloat16", "rollout.max_new_tokens": args.new_tokens,
         "optim.warmup_steps": 0, "log.progress": False, "log.rollout_examples": 0,
         "model.gradient_checkpointing": args.gradient_checkpointing, "dist.strategy": args.dist,
-        "rollout.engine": engine, "data.max_prompt_tokens": 256})
+        "rollout.engine": engine, "data.max_prompt_tokens": 256, "rollout.batch_size": args.rollout_batch})
     model = build_model(tok, tiny=args.tiny, device=device, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
     examples = make_examples(steps * args.batch, args.new_tokens)
@@ -154,6 +154,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timed", type=int, default=None, help="timed steps (default 5; --tiny 2)")
     ap.add_argument("--batch", type=int, default=None, help="prompts per step (default 8; --tiny 4)")
     ap.add_argument("--micro-batch", type=int, default=0, dest="micro_batch", help="default: = --batch")
+    ap.add_argument("--rollout-batch", type=int, default=0, dest="rollout_batch",
+                    help="rollout.batch_size: sequences per engine call (0: the whole step in one call; = "
+                         "--micro-batch: one call per micro-batch, the old sampling)")
     ap.add_argument("--new-tokens", type=int, default=None, dest="new_tokens",
                     help="rollout length; also the demonstration length for SFT (default 128; --tiny 16)")
     ap.add_argument("--methods", default="sdft,sft")

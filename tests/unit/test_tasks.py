@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, write_records
-from selfdistill.tasks import Task, get_task, mc_correct, task_names, user_task
+from selfdistill.tasks import Task, get_task, mc_correct, task_from_spec, task_names, user_task
 from selfdistill.tasks import knowledge, paper, retention, tooluse
 
 def find_paper_data() -> Path | None:
@@ -240,6 +240,18 @@ def test_user_task_exact_and_split(tmp_path):
     assert [e.origin for e in again.test] == [e.origin for e in t.test]
     with pytest.raises(ValueError, match="Did you mean 'exact'"):
         user_task(tmp_path / "add.jsonl", scorer="exakt")
+
+
+def test_a_file_tasks_generation_budget_comes_from_its_demonstrations(tmp_path):
+    short = [{"prompt": f"Code of {i}?", "demonstration": f"It is C{i}.", "answer": f"C{i}"} for i in range(4)]
+    assert user_task(write_records(tmp_path / "s.jsonl", short), scorer="contains_word").max_new_tokens == 64
+    long = short + [{"prompt": "Explain.", "demonstration": "é" * 150 + " done", "answer": "done"}]  # 2 bytes each
+    t = user_task(write_records(tmp_path / "l.jsonl", long), scorer="contains_word", n_test=1)
+    assert t.max_new_tokens == 305 and t.info["max_new_tokens_from"] == "longest demonstration"
+    huge = short + [{"prompt": "All of it.", "demonstration": "word " * 400, "answer": "word"}]
+    assert user_task(write_records(tmp_path / "h.jsonl", huge), scorer="contains_word").max_new_tokens == 1024
+    assert task_from_spec(f"{tmp_path / 'l.jsonl'}@scorer=contains_word,max_new_tokens=40").max_new_tokens == 40
+    assert task_from_spec(f"{tmp_path / 'l.jsonl'}@scorer=contains_word").max_new_tokens == 305
 
 
 def test_user_task_other_scorers(tmp_path):

@@ -125,9 +125,21 @@ _USER_SCORER_FNS = {"exact": _score_exact, "contains_word": _score_contains_word
                     "function_call": _score_function_call, "multiple_choice": _score_mc_text}
 
 
+FILE_BUDGET_MIN, FILE_BUDGET_MAX = 64, 1024
+
+
+def generation_budget(examples: list) -> int:
+    """A file task's default `max_new_tokens`: the longest demonstration's length in UTF-8 bytes (a byte-level
+    tokenizer never spends more tokens than bytes on it), at least 64 and at most 1,024. An answer as long as the
+    task's own demonstrations always fits, and a rambling reply stops soon after (256 for every file task before
+    2026-12-02, which dominated continual runs' evaluation time)."""
+    longest = max((len(ex.demonstration.encode("utf-8")) for ex in examples if ex.demonstration), default=0)
+    return min(FILE_BUDGET_MAX, max(FILE_BUDGET_MIN, longest))
+
+
 def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | Path | None = None,
               n_test: int | None = None, test_fraction: float = 0.2, seed: int = 0, name: str | None = None,
-              max_new_tokens: int = 256, description: str = "") -> Task:
+              max_new_tokens: int | None = None, description: str = "") -> Task:
     """A task from the user's demonstration file(s) (anything :func:`selfdistill.data.load_examples` reads).
 
     `scorer`:
@@ -141,6 +153,8 @@ def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | 
       * ``"multiple_choice"``: log-likelihood multiple choice; records need ``choices`` and ``answer_index``.
     Split: `test_path` gives the test set (all of `data_path` trains); otherwise the records are shuffled with
     `seed` and ``n_test`` (or ``round(test_fraction * N)``, at least 1 when N > 1) go to test.
+    `max_new_tokens`: the generation budget when evaluating; None derives it from the demonstrations
+    (:func:`generation_budget`).
     """
     if scorer not in _USER_SCORER_FNS:
         close = difflib.get_close_matches(str(scorer), USER_SCORERS, n=1)
@@ -168,8 +182,9 @@ def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | 
         description=description or f"user data from {data_path}, scored with {scorer!r}",
         train=train, test=test, scorer=_USER_SCORER_FNS[scorer], kind=kind,
         source_and_license=f"user data: {data_path}" + (f" (test: {test_path})" if test_path else ""),
-        max_new_tokens=max_new_tokens,
-        info={"n_train": len(train), "n_test": len(test), "seed": seed, "scorer": scorer},
+        max_new_tokens=max_new_tokens or generation_budget([*train, *test]),
+        info={"n_train": len(train), "n_test": len(test), "seed": seed, "scorer": scorer,
+              "max_new_tokens_from": "option" if max_new_tokens else "longest demonstration"},
     )
 
 
