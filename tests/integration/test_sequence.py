@@ -17,6 +17,7 @@ from selfdistill.evaluation import DRIFT_PROMPTS, drift_kl, evaluate_task
 from selfdistill.methods import MethodSpec
 from selfdistill.models import load_model
 from selfdistill.runs import SequenceOptions, run_sequence
+from selfdistill.runs.sequence import time_split
 from selfdistill.runs.store import RUN_LOCK, collect_results
 from selfdistill.tasks import get_task
 
@@ -58,6 +59,14 @@ def test_two_stage_sequence_resumes_between_stages(tiny_tok, tmp_path, monkeypat
             assert c["new_task_acc"] == r["matrix"][stage][stage - 1]
             assert c["retention"] == r["retention"][stage]
     assert (tmp_path / "full" / "results.json").exists() and (tmp_path / "full" / "summary.csv").exists()
+    # where the time went: base evaluation + one per stage (with its checkpoints'), training without them
+    for run in full["runs"]:
+        assert len(run["eval_seconds"]) == 3 and all(s > 0 for s in run["eval_seconds"])
+        assert len(run["train_seconds"]) == 2 and all(s > 0 for s in run["train_seconds"])
+    assert full["runs"][0]["eval_seconds"][0] == full["runs"][1]["eval_seconds"][0]  # the base's, evaluated once
+    train_s, eval_s = time_split(full["runs"])
+    assert train_s == pytest.approx(sum(sum(r["train_seconds"]) for r in full["runs"]))
+    assert eval_s == pytest.approx(sum(sum(r["eval_seconds"]) for r in full["runs"]) - full["runs"][0]["eval_seconds"][0])
     stages = sorted((tmp_path / "full").glob("*/seed0/stage*"))
     assert len(stages) == 4 and all((d / "model.safetensors").is_file() for d in stages)
     assert not any((d / "checkpoints").exists() for d in stages)  # resume state is dropped once a stage is done

@@ -84,7 +84,8 @@ class Run(TypedDict):
     curves: NotRequired[list[CurvePoint]]  # training curves
     checkpoints: NotRequired[list[Checkpoint]]  # evaluations during training
     also: NotRequired[dict[str, AlsoEval]]  # {label: ...} of tasks evaluated but never trained on
-    train_seconds: NotRequired[list[float]]  # per stage; not shown
+    train_seconds: NotRequired[list[float]]  # per stage, evaluations during training excluded; not shown
+    eval_seconds: NotRequired[list[float]]  # base + per stage (with its checkpoints'); the base's is shared by all runs
     groups: NotRequired[dict[str, dict[str, list[float | None]]]]  # {task: {group: accuracy per stage}}; not shown
     item_tables: NotRequired[dict[str, ItemTable]]  # {task or also-evaluated label: its items}; accuracy by distance
 

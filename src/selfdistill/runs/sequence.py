@@ -67,6 +67,7 @@ def run_sequence(task_specs: list, methods: list[MethodSpec], opts: SequenceOpti
     if saved is None:
         save_base_eval(out, base_eval)
     runs = _run_all(ctx, methods, base_eval)
+    _say_time_split(runs)
     results = {"title": title, "model": opts.model_name, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                "config": to_dict(cfg), "tasks": task_names, "retention_name": "retention (all items)",
                "runs": runs, "notes": notes, **opts.extra_results}
@@ -118,6 +119,21 @@ def _run_all(ctx: StageContext, methods: list[MethodSpec], base_eval: dict) -> l
                 release_run(folder)
         runs.append(run_record(str(spec), seed, task_names, base_eval, prog))
     return runs
+
+
+def time_split(runs: list[dict]) -> tuple[float, float]:
+    """(training seconds, evaluation seconds) of `runs` as recorded (the base evaluation counted once)."""
+    train_s = sum(sum(r.get("train_seconds", [])) for r in runs)
+    eval_s = sum(sum(r.get("eval_seconds", [0.0])[1:]) for r in runs) + (runs[0].get("eval_seconds", [0.0])[0]
+                                                                         if runs else 0.0)
+    return train_s, eval_s
+
+
+def _say_time_split(runs: list[dict]) -> None:
+    train_s, eval_s = time_split(runs)
+    if train_s + eval_s > 0:
+        print(f"[selfdistill] time: training {train_s:.0f} s, evaluation {eval_s:.0f} s "
+              f"({100 * eval_s / (train_s + eval_s):.0f}% of the two; base evaluation included once)", file=sys.stderr)
 
 
 def _say_whole_file(tasks: list[Task]) -> None:

@@ -50,6 +50,7 @@ def evaluate_stage(ctx: StageContext, model, tasks: list[Task], *, drift: bool, 
     """Accuracy on every task's test split, the retention suite (all items, with per-item correctness and
     log-likelihood margins), drift (when asked), and `also_eval` ({label: task}, tasks evaluated but never trained
     on, e.g. the other phrasings of the knowledge questions)."""
+    t0 = time.perf_counter()
     tok, limit, bs = ctx.tokenizer, ctx.opts.eval_limit, ctx.opts.batch_size
     accs = {t.name: evaluate_task(model, tok, t, "test", limit, bs) for t in tasks}
     ret = evaluate_task(model, tok, ctx.retention, "test", 0, bs)
@@ -62,7 +63,8 @@ def evaluate_stage(ctx: StageContext, model, tasks: list[Task], *, drift: bool, 
             "retention": {**_acc(ret), **retention_items(ctx.retention, ret)},
             "drift": kl,
             "items": {k: v.get("items", [])[:50] for k, v in accs.items()},
-            **({"item_tables": tables} if tables else {})}
+            **({"item_tables": tables} if tables else {}),
+            "seconds": time.perf_counter() - t0}
 
 
 def _acc(r: dict) -> dict:
@@ -143,11 +145,13 @@ def train_stage(ctx: StageContext, spec: MethodSpec, seed: int, i: int, model, s
     resume = (stage_dir / "checkpoints").exists()
     last_step, eval_every = stage_cfg.train.max_steps, ctx.opts.eval_every
     ckpts: list[dict] = []
+    ckpt_eval_s = [0.0]
 
     def on_step(step, m):
         if step == last_step:  # the end-of-stage evaluation below is this checkpoint's: not twice
             return None
         r = evaluate_stage(ctx, m, [task], drift=False, also_eval={})
+        ckpt_eval_s[0] += r["seconds"]
         rec = {"stage": i, "step": step, "new_task_acc": r["tasks"][task.name]["accuracy"],
                "retention": r["retention"]["accuracy"]}
         ckpts.append(rec)
@@ -168,7 +172,8 @@ def train_stage(ctx: StageContext, spec: MethodSpec, seed: int, i: int, model, s
     curves = [{"stage": i, "step": m["step"], "loss": m.get("loss"),
                **{k: m[k] for k in ("forward_kl", "reverse_kl", "jsd", "sft_nll", "completion_len") if k in m}}
               for m in res.metrics]
-    record = {"task": task.name, "eval": ev, "train_seconds": train_s, "curves": curves, "config": to_dict(stage_cfg)}
+    record = {"task": task.name, "eval": ev, "train_seconds": train_s - ckpt_eval_s[0],
+              "checkpoint_eval_seconds": ckpt_eval_s[0], "curves": curves, "config": to_dict(stage_cfg)}
     return res.model, record, ckpts
 
 

@@ -192,6 +192,8 @@ def run_record(spec: str, seed: int, task_names: list[str], base_eval: dict, pro
         "curves": [c for s in prog.stages for c in s["curves"]],
         "checkpoints": prog.checkpoints,
         "train_seconds": [s["train_seconds"] for s in prog.stages],
+        "eval_seconds": [base_eval.get("seconds", 0.0)] + [s["eval"].get("seconds", 0.0) +
+                                                           s.get("checkpoint_eval_seconds", 0.0) for s in prog.stages],
         "also": {k: {"accuracy": [e.get("also", {}).get(k, {}).get("accuracy") for e in evals], "n": v["n"]}
                  for k, v in base_eval.get("also", {}).items()},
         "groups": {t: {g: [e["tasks"][t].get("groups", {}).get(g, {}).get("accuracy") for e in evals]
