@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from helpers import (WORKER_OV, addition_records, build_tiny_model, examples, final_weights, fixed_batch_kl,
-                     train_worker, wait_for, write_records)
+                     peaked_tiny_model, train_worker, wait_for, write_records)
 from selfdistill.engines import HFEngine, SamplingSpec, make_engine, prompt_seeds
 
 LOGPROB_TOL = 5e-4  # |vLLM log-prob - trainer log_softmax| per token, float32 on both sides (seen: < 1e-4)
@@ -27,20 +27,11 @@ QUESTIONS = ["What is the capital of France?", "12 + 7 = ?", "def get_weather(ci
              "The capital of Peru is", "You are a helpful assistant."]
 
 
-def peaked_model(tok, seed=0):
-    m = build_tiny_model(tok, seed=seed, hidden=128)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    return m
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_tok):
     from selfdistill.engines.vllm_engine import VLLMEngine
 
-    model = peaked_model(tiny_tok)
+    model = peaked_tiny_model(tiny_tok)
     engine = VLLMEngine(model, tiny_tok, dtype="float32", max_model_len=256, seed=0)
     prompts = [tiny_tok(tiny_tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                      tokenize=False), add_special_tokens=False)["input_ids"]
@@ -217,7 +208,7 @@ def test_config_over_the_models_context_is_refused_before_start(tiny_tok):
     cfg = load_config(overrides={"rollout.engine": "vllm", "rollout.max_new_tokens": 2000,
                                  "data.max_prompt_tokens": 512})
     with pytest.raises(EngineError, match=r"max_model_len 2512 .* exceeds the model's max_position_embeddings 1024"):
-        make_engine("vllm", peaked_model(tiny_tok), tiny_tok, cfg)
+        make_engine("vllm", peaked_tiny_model(tiny_tok), tiny_tok, cfg)
 
 
 def test_unsupported_architecture(tiny_tok, tmp_path):
@@ -273,7 +264,7 @@ def test_sdft_with_vllm_lowers_the_loss_like_hf(tiny_tok, tmp_path):
     items, _ = encode_examples(tiny_tok, examples(4), DataConfig(), ContextConfig())
     kls = {}
     for kind in ("hf", "vllm"):
-        m = peaked_model(tiny_tok)
+        m = peaked_tiny_model(tiny_tok)
         base = copy.deepcopy(m)
         c = _train_cfg(**{"rollout.engine": kind})
         comps = [r.ids for r in HFEngine(m, tiny_tok.pad_token_id).generate(
