@@ -11,7 +11,9 @@ engine for data.max_prompt_tokens + rollout.max_new_tokens (cpu preset: 512 + 64
 (vllm: writing the model folder + vLLM's load; hf: none) and the weight push after an optimizer step
 (`sync_weights`, median of --reps).
 
-Last line: `vllm_over_hf_generate=<median vllm call / median hf call> vllm_startup_s=<x> vllm_push_s=<x>`.
+Last line: `vllm_over_hf_generate=<median vllm call / median hf call> vllm_startup_s=<x> vllm_push_s=<x>
+decode_vs_floor=<median hf call / weight-read floor> decode_vs_floor_vllm=<x>`, the floor being the call's decode
+steps x the model's weight bytes / the machine's read bandwidth (measured here by summing a 1 GB tensor).
 """
 
 from __future__ import annotations
@@ -80,17 +82,36 @@ def main() -> None:
         engines["vllm"].sync_weights(model)
         pushes.append(time.perf_counter() - t)
     n_tok = a.prompts * a.max_new_tokens
-    print("\n| engine | generate s (median, min-max) | tokens/s | start-up s | weight push s |")
-    print("|---|---|---|---|---|")
+    weight_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    bw = read_bandwidth_gbs(torch)
+    floor = a.max_new_tokens * weight_gb / bw  # every decode step reads every weight once (lm_head: the embedding)
+    print(f"\n# weight-read floor: {a.max_new_tokens} steps x {weight_gb:.2f} GB / {bw:.1f} GB/s (measured read "
+          f"bandwidth) = {floor:.2f} s per call")
+    print("\n| engine | generate s (median, min-max) | tokens/s | ms per decode step | x floor | start-up s | "
+          "weight push s |")
+    print("|---|---|---|---|---|---|---|")
     for name in times:
         med = statistics.median(times[name])
         print(f"| {name} | {med:.2f} ({min(times[name]):.2f}-{max(times[name]):.2f}) | {n_tok / med:.1f} | "
-              f"{startup if name == 'vllm' else 0:.1f} | "
+              f"{1000 * med / a.max_new_tokens:.0f} | {med / floor:.2f} | {startup if name == 'vllm' else 0:.1f} | "
               f"{statistics.median(pushes) if name == 'vllm' else 0:.3f} |")
     print(f"\n# load average at start {load0}, at end {tuple(round(x, 2) for x in os.getloadavg())} "
           f"(other processes on this machine inflate times)")
     ratio = statistics.median(times["vllm"]) / statistics.median(times["hf"])
-    print(f"vllm_over_hf_generate={ratio:.2f} vllm_startup_s={startup:.1f} vllm_push_s={statistics.median(pushes):.3f}")
+    print(f"vllm_over_hf_generate={ratio:.2f} vllm_startup_s={startup:.1f} vllm_push_s={statistics.median(pushes):.3f} "
+          f"decode_vs_floor={statistics.median(times['hf']) / floor:.2f} "
+          f"decode_vs_floor_vllm={statistics.median(times['vllm']) / floor:.2f}")
+
+
+def read_bandwidth_gbs(torch, gb: float = 1.0, reps: int = 5) -> float:
+    """Memory read bandwidth in GB/s: the fastest of `reps` sums over a `gb` float32 tensor (larger than any cache)."""
+    x = torch.ones(int(gb * 1e9 / 4))
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        x.sum().item()
+        best = min(best, time.perf_counter() - t)
+    return gb / best
 
 
 if __name__ == "__main__":
