@@ -161,3 +161,15 @@ def test_the_gpu_share_and_sleep_keys_reach_the_engine(tiny_tok, monkeypatch):
     assert "gpu_memory_utilization" not in _placement(model.config, "float32", 64, 0.55, 8, None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert _placement(model.config, "bfloat16", 64, 0.55, 8, None)["gpu_memory_utilization"] == 0.55
+
+
+def test_no_vllm_module_keeps_a_traceback_of_the_frames_that_imported_it():
+    """vLLM stores an optional dependency's ImportError (torchcodec, absent here) with its traceback, which pinned
+    the first training run's set-up frame (model, teacher, optimizer) for the life of the process."""
+    import importlib
+    import sys
+
+    importlib.import_module("selfdistill.engines.vllm_engine")
+    held = [(name, key) for name, mod in list(sys.modules.items()) if name.startswith("vllm") and mod is not None
+            for key, v in vars(mod).items() if isinstance(v, BaseException) and v.__traceback__ is not None]
+    assert held == []
