@@ -1,7 +1,9 @@
 #!/bin/bash
-# The battery sweep as run on 2026-12-01 (one process, this project's 2-core CPU): seed by seed, both methods at a
-# seed before the next. Seeds 0 and 1 are in this folder; seed 2 did not fit the session. The sweep is resumable:
-# rerunning a command skips finished runs. OUT is the run folder (the session used /work/runs_battery/sweep).
+# The battery sweep as run (one process at a time, this project's 2-core CPU): seed by seed, both methods at a seed
+# before the next. Seeds 0 and 1 ran on 2026-12-01 in one folder, seed 2 on 2026-12-02 in another from the same code
+# (commit d010f95); the runs of both folders were merged into this folder's results.json and reported with
+# `selfdistill report`. In one folder the loop below does it all: the sweep is resumable (rerunning a command skips
+# finished runs) and joins its seeds in results.json. OUT is the run folder.
 OUT=${OUT:-runs/battery}
 for seed in 0 1 2; do
   for m in "sdft 1e-4,3e-4,1e-3" "sft 1e-5,3e-5,1e-4"; do
@@ -10,3 +12,4 @@ for seed in 0 1 2; do
       --seeds $seed, --demo-settings --train.max_steps 20 --eval-every 0 --output "$OUT" || exit 1
   done
 done
+selfdistill report "$OUT"

@@ -104,9 +104,10 @@ BATTERY_FINDING = (
     "entity named differently, the code used in a task.",
     "SDFT won at no distance. Neither method answered the reverse questions (which entity has this code), and "
     "neither answered never-trained facts of the same kind (the control): what was learned was the facts.",
-    "SDFT also lost more retention than SFT at a rate where SFT learned as much or more; SFT at 3e-5 kept "
-    "retention within about a point of the base model.",
-    "Limits: 135M parameters, 16 packaged facts, 20 steps of 8 prompts, 3 rates per method, 2 seeds. The paper "
+    "Over 3 seeds SFT's lead is measurable on the training question, the entity named differently and the code "
+    "used in a task; SDFT also lost more retention than SFT at a rate where SFT learned as much or more (SFT at "
+    "3e-5 kept retention within about a point of the base model).",
+    "Limits: 135M parameters, 16 packaged facts, 20 steps of 8 prompts, 3 rates per method, 3 seeds. The paper "
     "reports SDFT's advantage at 7B and up; at this size and budget, use SFT at a moderate rate.",
 )
 
