@@ -179,6 +179,9 @@ def collect_results(out: str | Path) -> dict:
 def run_record(spec: str, seed: int, task_names: list[str], base_eval: dict, prog: RunProgress) -> dict:
     """One run's entry of results.json (schema: selfdistill.report.schema)."""
     evals = [base_eval] + [s["eval"] for s in prog.stages]
+    eval_s = [e.get("seconds") for e in evals]  # absent in folders written before 2026-12-02: not invented
+    timed = {"eval_seconds": [eval_s[0]] + [x + s.get("checkpoint_eval_seconds", 0.0) for x, s in
+                                            zip(eval_s[1:], prog.stages)]} if None not in eval_s else {}
     return {
         "method": spec, "seed": seed,
         "matrix": [[e["tasks"][t]["accuracy"] for t in task_names] for e in evals],
@@ -192,14 +195,13 @@ def run_record(spec: str, seed: int, task_names: list[str], base_eval: dict, pro
         "curves": [c for s in prog.stages for c in s["curves"]],
         "checkpoints": prog.checkpoints,
         "train_seconds": [s["train_seconds"] for s in prog.stages],
-        "eval_seconds": [base_eval.get("seconds", 0.0)] + [s["eval"].get("seconds", 0.0) +
-                                                           s.get("checkpoint_eval_seconds", 0.0) for s in prog.stages],
         "also": {k: {"accuracy": [e.get("also", {}).get(k, {}).get("accuracy") for e in evals], "n": v["n"]}
                  for k, v in base_eval.get("also", {}).items()},
         "groups": {t: {g: [e["tasks"][t].get("groups", {}).get(g, {}).get("accuracy") for e in evals]
                        for g in base_eval["tasks"][t].get("groups", {})} for t in task_names
                    if base_eval["tasks"][t].get("groups")},
         **({"item_tables": item_tables(evals)} if base_eval.get("item_tables") else {}),
+        **timed,
     }
 
 
