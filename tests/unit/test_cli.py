@@ -79,11 +79,11 @@ def test_train_preset_follows_the_device_unless_named(monkeypatch, tmp_path):
 
 def test_a_bad_multi_process_setting_fails_in_one_line_before_any_worker_starts(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cli_train, "relaunch", lambda n, env: pytest.fail("a worker was started"))
-    rc = main(["train", "--num-processes", "2", "--dist", "fsdp", "--rollout.engine", "vllm", "--data",
+    rc = main(["train", "--num-processes", "2", "--dist", "fsdp", "--teacher.kind", "live", "--data",
                "task:knowledge", "--output", str(tmp_path / "o")])
     out, err = capsys.readouterr()
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
-    assert "rollout.engine=vllm with dist.strategy=fsdp is not supported" in err
+    assert "teacher.kind=live with dist.strategy=fsdp is not supported" in err
     assert "resolved config" not in out
     rc = main(["train", "--num-processes", "3", "--data", "task:knowledge", "--output", str(tmp_path / "o"),
                "--train.prompts_per_step", "8"])
