@@ -77,6 +77,7 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = 0.3  # vllm on a GPU: its share of the device (weights + KV cache)
     engine: str = "hf"  # hf (transformers.generate on the live weights) | vllm (optional extra; see docs/vllm.md)
     batch_size: int = 0  # sequences per engine call; 0: all of a process's rollouts for the optimizer step in one call
+    dtype: str = "model"  # weights rollouts are sampled with: model (the trainer's) | float32 | bfloat16 (hf: a copy)
 
 
 @dataclass
@@ -176,6 +177,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "rollout.engine": ("hf", "vllm"),
     "rollout.vllm_sleep": ("auto", "on", "off"),
+    "rollout.dtype": ("model", "float32", "bfloat16"),
     "data.on_overlength": ("error", "skip"),
     "loss.divergence": ("forward_kl", "reverse_kl", "jsd"),
     "loss.support": ("full", "top_k"),
@@ -292,8 +294,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             set_key(cfg, k, v)
     if deviations:
         cfg.deviations += list(deviations)
-    if cfg.rollout.engine == "vllm" and "loss.importance_weights" not in {**PRESETS[preset], **file_vals, **overrides}:
-        cfg.loss.importance_weights = True  # vLLM's numerics are not the trainer's: correct for it unless told
+    other_numerics = cfg.rollout.engine == "vllm" or cfg.rollout.dtype not in ("model", cfg.model.dtype)
+    if other_numerics and "loss.importance_weights" not in {**PRESETS[preset], **file_vals, **overrides}:
+        cfg.loss.importance_weights = True  # vLLM's or another dtype's numerics are not the trainer's: correct
+        # for them unless told
     validate(cfg)
     return cfg
 

@@ -442,6 +442,19 @@ def test_rollout_temperature_is_used_in_the_loss_and_importance_weights(tiny_tok
         assert abs(rec["importance_weight_mean"] - 1.0) < 1e-3 and rec["importance_capped_frac"] == 0.0, rec
 
 
+def test_rollouts_from_a_bf16_copy_are_corrected_by_importance_weights(tiny_tok, tmp_path):
+    """rollout.dtype=bfloat16: rollouts come from a bf16 copy (the live weights stay float32), the importance
+    weights are on by default and measure the copy's numerics (not 1 to the last bit, near 1). That the copy
+    follows every step: test_generation.py."""
+    c = cfg(**{"rollout.dtype": "bfloat16", "train.max_steps": 2})
+    assert c.loss.importance_weights
+    model = build_tiny_model(tiny_tok)
+    res = train(c, examples(), model, tiny_tok, tmp_path / "o")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    for rec in res.metrics:
+        assert 0.9 < rec["importance_weight_mean"] < 1.1 and rec["importance_weight_mean"] != 1.0, rec
+
+
 def test_bf16_weights_train_on_float32_master_weights(tiny_tok, tmp_path):
     """An update of ~1e-6 survives (it would vanish on bf16 weights), and the saved model is bf16 again."""
     m = build_tiny_model(tiny_tok).to(torch.bfloat16)

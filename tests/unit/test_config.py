@@ -62,3 +62,14 @@ def test_dotted_parse_and_roundtrip():
     assert c.train.seed == 3
     assert to_dict(from_dict(to_dict(c))) == to_dict(c)
     assert "divergence: jsd" in to_yaml(c)
+
+
+def test_rollouts_in_another_dtype_turn_importance_weights_on_unless_set():
+    from selfdistill.config import load_config
+    assert load_config(overrides={"rollout.dtype": "bfloat16"}).loss.importance_weights is True
+    assert load_config(overrides={"rollout.dtype": "float32"}).loss.importance_weights is False  # model's own
+    assert load_config(overrides={"rollout.dtype": "model"}).loss.importance_weights is False
+    off = load_config(overrides={"rollout.dtype": "bfloat16", "loss.importance_weights": False})
+    assert off.loss.importance_weights is False
+    with pytest.raises(Exception, match="rollout.dtype"):
+        load_config(overrides={"rollout.dtype": "float16"})

@@ -154,3 +154,36 @@ def test_a_prompts_sample_depends_on_its_seed_not_its_batch(tiny_tok):
     assert [c.ids for c in whole] != [c.ids for c in engine.generate(ps, spec, seeds=prompt_seeds(8, 4))]
     with pytest.raises(ValueError, match="one seed per prompt"):
         engine.generate(ps, spec)
+
+
+def test_rollout_dtype_copy_samples_like_the_model_cast_and_follows_every_sync(tiny_tok):
+    """rollout.dtype=bfloat16 on the hf engine: a bf16 copy of the parameters (buffers kept float32) samples
+    exactly what the model cast to bf16 samples, with log-probs under that copy; after the live weights change,
+    sync_weights refreshes the copy in place; the live module is never cast."""
+    from selfdistill.engines import weights_copy
+    model = build_tiny_model(tiny_tok)
+    spec = SamplingSpec(max_new_tokens=10, stop_ids=(tiny_tok.eos_token_id,))
+    engine = HFEngine(model, tiny_tok.pad_token_id, dtype="bfloat16")
+    copy = engine.copy
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert {b.dtype for b in copy.buffers() if b.is_floating_point()} <= {torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    reference = build_tiny_model(tiny_tok)
+    reference.load_state_dict(model.state_dict())
+    for p in reference.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    seeds = prompt_seeds(3, 4)
+    got = engine.generate(prompts(tiny_tok), spec, seeds=seeds, want_logprobs=True)
+    want = HFEngine(reference, tiny_tok.pad_token_id).generate(prompts(tiny_tok), spec, seeds=seeds,
+                                                              want_logprobs=True)
+    assert [c.ids for c in got] == [c.ids for c in want]
+    assert [c.logprobs for c in got] == [c.logprobs for c in want]
+    with torch.no_grad():  # an optimizer step on the live weights
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    engine.sync_weights(model)
+    assert engine.copy is copy  # refreshed in place, not rebuilt
+    for d, s in zip(copy.parameters(), model.parameters()):
+        assert torch.equal(d, s.to(torch.bfloat16))
+    assert weights_copy(copy, torch.bfloat16) is None  # already in that dtype: the engine uses the live module
+    assert HFEngine(model, tiny_tok.pad_token_id, dtype="float32").copy is None

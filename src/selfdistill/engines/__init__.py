@@ -13,18 +13,18 @@ from __future__ import annotations
 from .base import (Completion, Engine, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, eval_mode,
                    greedy_spec, hf_module, ignored_generation_settings, pad_id, prompt_seeds, rollout_spec,
                    stop_ids_for)
-from .hf import HFEngine, left_pad
+from .hf import HFEngine, left_pad, weights_copy
 
 __all__ = ["Completion", "Engine", "GenerationAborted", "HFEngine", "SamplingSpec", "cut_at_stop", "derive_seed",
            "eval_mode", "greedy_completions", "greedy_spec", "hf_module", "ignored_generation_settings", "left_pad",
-           "make_engine", "pad_id", "prompt_seeds", "rollout_spec", "stop_ids_for"]
+           "make_engine", "pad_id", "prompt_seeds", "rollout_spec", "stop_ids_for", "weights_copy"]
 
 
 def make_engine(kind: str, model, tokenizer, cfg=None, *, batch_size: int | None = None) -> Engine:
     """The engine named by `rollout.engine` / `--engine`: `hf` (default) or `vllm` (optional extra)."""
     pad = pad_id(tokenizer)
     if kind == "hf":
-        return HFEngine(model, pad, batch_size)
+        return HFEngine(model, pad, batch_size, dtype=cfg.rollout.dtype if cfg is not None else None)
     if kind == "vllm":
         try:  # the optional extra: imported only when asked for (vLLM is heavy, and may be absent)
             from .vllm_engine import VLLMEngine

@@ -288,7 +288,8 @@ class VLLMEngine:
             dtype, seed, share = str(next(model.parameters()).dtype).removeprefix("torch."), 0, 0.3
         else:
             max_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-            dtype, seed, share = cfg.model.dtype, cfg.train.seed, cfg.rollout.vllm_gpu_memory_utilization
+            dtype = cfg.model.dtype if cfg.rollout.dtype == "model" else cfg.rollout.dtype
+            seed, share = cfg.train.seed, cfg.rollout.vllm_gpu_memory_utilization
         sleep = cfg is not None and sleep_mode(cfg.rollout.vllm_sleep)
         return cls(model, tokenizer, dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
                    max_model_len=max_len, seed=seed, sleep=sleep, gpu_memory_utilization=share)
