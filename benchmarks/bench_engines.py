@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Rollout generation by engine: hf (transformers.generate on the live module) vs vllm (colocated vLLM), same work.
+"""Rollout generation by engine: hf (transformers.generate on the live module), hf-bf16 (the same on a bfloat16
+copy, rollout.dtype=bfloat16) and vllm (colocated vLLM), same work.
 
 Run with `make bench` (after bench_step.py) or `.venv/bin/python benchmarks/bench_engines.py [--reps 3]`.
 One process, both engines on the same weights, calls alternated (hf, vllm, hf, vllm, ...) so that both see the
@@ -12,8 +13,10 @@ engine for data.max_prompt_tokens + rollout.max_new_tokens (cpu preset: 512 + 64
 (`sync_weights`, median of --reps).
 
 Last line: `vllm_over_hf_generate=<median vllm call / median hf call> vllm_startup_s=<x> vllm_push_s=<x>
-decode_vs_floor=<median hf call / weight-read floor> decode_vs_floor_vllm=<x>`, the floor being the call's decode
-steps x the model's weight bytes / the machine's read bandwidth (measured here by summing a 1 GB tensor).
+decode_vs_floor=<median hf call / weight-read floor> decode_vs_floor_vllm=<x> decode_vs_floor_hf_bf16=<x>`, the floor
+being the call's decode steps x the model's float32 weight bytes / the machine's read bandwidth (measured here by
+summing a 1 GB tensor): how far each engine is from reading the trainer's weights once per decoded token. The
+table also gives hf-bf16 against its own floor (half the bytes).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def main() -> None:
     cfg = load_config(preset="cpu", overrides={"rollout.engine": "vllm", "rollout.max_new_tokens": a.max_new_tokens})
     load0 = tuple(round(x, 2) for x in os.getloadavg())
     t0 = time.perf_counter()
-    engines = {"hf": HFEngine(model, tok.pad_token_id)}
+    engines = {"hf": HFEngine(model, tok.pad_token_id), "hf-bf16": HFEngine(model, tok.pad_token_id, dtype="bfloat16")}
     engines["vllm"] = make_engine("vllm", model, tok, cfg)
     startup = time.perf_counter() - t0
     import vllm
@@ -66,7 +69,7 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, vllm {vllm.__version__}")
     print(f"# {a.prompts} prompts x {a.max_new_tokens} sampled tokens (fixed length), T=1.0, fp32, log-probs on; "
           f"calls alternated, 1 warm-up + {a.reps} timed each", flush=True)
-    times: dict[str, list[float]] = {"hf": [], "vllm": []}
+    times: dict[str, list[float]] = {name: [] for name in engines}
     for rep in range(a.reps + 1):
         for name, engine in engines.items():
             t = time.perf_counter()
@@ -75,7 +78,7 @@ def main() -> None:
             assert all(len(c.ids) == a.max_new_tokens for c in out), [len(c.ids) for c in out]
             if rep:
                 times[name].append(dt)
-            print(f"{'warm-up' if rep == 0 else f'rep {rep}'} {name:4s}: {dt:6.2f} s", flush=True)
+            print(f"{'warm-up' if rep == 0 else f'rep {rep}'} {name:7s}: {dt:6.2f} s", flush=True)
     pushes = []
     for _ in range(a.reps):
         t = time.perf_counter()
@@ -87,20 +90,28 @@ def main() -> None:
     floor = a.max_new_tokens * weight_gb / bw  # every decode step reads every weight once (lm_head: the embedding)
     print(f"\n# weight-read floor: {a.max_new_tokens} steps x {weight_gb:.2f} GB / {bw:.1f} GB/s (measured read "
           f"bandwidth) = {floor:.2f} s per call")
-    print("\n| engine | generate s (median, min-max) | tokens/s | ms per decode step | x floor | start-up s | "
-          "weight push s |")
-    print("|---|---|---|---|---|---|---|")
+    bf16_pushes = []
+    for _ in range(a.reps):
+        t = time.perf_counter()
+        engines["hf-bf16"].sync_weights(model)
+        bf16_pushes.append(time.perf_counter() - t)
+    push = {"vllm": statistics.median(pushes), "hf-bf16": statistics.median(bf16_pushes)}
+    own_floor = {"hf-bf16": floor / 2}
+    print("\n| engine | generate s (median, min-max) | tokens/s | ms per decode step | x float32 floor | x own floor "
+          "| start-up s | weight push s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in times:
         med = statistics.median(times[name])
         print(f"| {name} | {med:.2f} ({min(times[name]):.2f}-{max(times[name]):.2f}) | {n_tok / med:.1f} | "
-              f"{1000 * med / a.max_new_tokens:.0f} | {med / floor:.2f} | {startup if name == 'vllm' else 0:.1f} | "
-              f"{statistics.median(pushes) if name == 'vllm' else 0:.3f} |")
+              f"{1000 * med / a.max_new_tokens:.0f} | {med / floor:.2f} | {med / own_floor.get(name, floor):.2f} | "
+              f"{startup if name == 'vllm' else 0:.1f} | {push.get(name, 0):.3f} |")
     print(f"\n# load average at start {load0}, at end {tuple(round(x, 2) for x in os.getloadavg())} "
           f"(other processes on this machine inflate times)")
     ratio = statistics.median(times["vllm"]) / statistics.median(times["hf"])
     print(f"vllm_over_hf_generate={ratio:.2f} vllm_startup_s={startup:.1f} vllm_push_s={statistics.median(pushes):.3f} "
           f"decode_vs_floor={statistics.median(times['hf']) / floor:.2f} "
-          f"decode_vs_floor_vllm={statistics.median(times['vllm']) / floor:.2f}")
+          f"decode_vs_floor_vllm={statistics.median(times['vllm']) / floor:.2f} "
+          f"decode_vs_floor_hf_bf16={statistics.median(times['hf-bf16']) / floor:.2f}")
 
 
 def read_bandwidth_gbs(torch, gb: float = 1.0, reps: int = 5) -> float:

@@ -18,15 +18,19 @@ Settings, identical on both sides (see docs/performance.md):
   engine; TRL: min_new_tokens in its generation_kwargs), so every step does the same work; --free-length turns
   it off.
   Both use a fused AdamW (TRL's default adamw_torch_fused; ours torch.optim.AdamW(fused=True)).
-Engine column (--engines hf,vllm): our SDFT step with rollout.engine=vllm, one run at the same settings (vLLM's
-  in-process CPU engine, float32, enforce_eager; its start-up is in the process time, not in the step times).
+Engine column (--engines hf,hf-bf16,vllm): our SDFT step with rollout.engine=vllm (vLLM's in-process CPU engine,
+  float32, enforce_eager; its start-up is in the process time, not in the step times) and with rollout.dtype=bfloat16
+  on the hf engine (rollouts from a bf16 copy; student, teacher and loss unchanged), one run each at the same
+  settings.
 
 Step time = time between consecutive step-end callbacks (our train()'s on_step, TRL's on_step_end), so it
 includes everything each framework does per step; the first step of every run is a warm-up and excluded.
 
 The last line is:
   ratio_vs_trl=<ours/TRL steps per s> mem_vs_trl=<ours/TRL peak RSS> loss_mem_vs_naive=<x> sdft_over_sft=<x>
-(medians over the paired runs, 2 decimals).
+(medians over the paired runs, 2 decimals), then for each engine of the engine column
+  ratio_vs_trl_<engine>=<TRL / its step time> sdft_over_sft_<engine>=<its step / SFT step> (its one run against the
+  paired runs' TRL and SFT medians; e.g. ratio_vs_trl_hf_bf16, ratio_vs_trl_vllm).
 """
 
 from __future__ import annotations
@@ -113,13 +117,15 @@ def child_ours(a) -> dict:
     if not a.free_length:  # no stop id can be sampled: every rollout is max_new_tokens long, on either engine
         import selfdistill.training.setup as training_setup  # where the rollout spec's stop ids are read
         training_setup.stop_ids_for = lambda tokenizer, model=None: ()
+    engine, rollout_dtype = ("hf", "bfloat16") if a.engine == "hf-bf16" else (a.engine, "model")
     cfg = load_config(preset="cpu", overrides={
         "train.method": a.child, "train.max_steps": 1000, "train.prompts_per_step": a.prompts,
         "train.micro_batch_size": a.prompts, "rollout.max_new_tokens": a.max_new_tokens,
         "rollout.num_rollouts": 1, "rollout.temperature": 1.0, "loss.divergence": "forward_kl",
         "loss.support": "full", "loss.skip_first_tokens": 3, "loss.chunk_size": a.chunk_size,
         "teacher.kind": "ema", "teacher.ema_rate": 0.01, "train.bf16": a.bf16, "log.progress": False,
-        "log.rollout_examples": 0, "rollout.engine": a.engine, "loss.importance_weights": False})
+        "log.rollout_examples": 0, "rollout.engine": engine, "rollout.dtype": rollout_dtype,
+        "loss.importance_weights": False})
     ends: list[float] = []
     peak: list[float] = []
 
@@ -322,8 +328,9 @@ def main() -> None:
     ap.add_argument("--loss-tokens", type=int, default=256, help="completion tokens in the loss-memory part")
     ap.add_argument("--free-length", action="store_true", help="let completions stop at EOS (unequal work)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default fp32)")
-    ap.add_argument("--engines", default="hf,vllm",
-                    help="rollout engines for our SDFT step: hf (in the paired runs) and, one run each, the others")
+    ap.add_argument("--engines", default="hf,hf-bf16,vllm",
+                    help="rollout engines for our SDFT step: hf (in the paired runs) and, one run each, the others "
+                         "(hf-bf16: hf with rollout.dtype=bfloat16)")
     ap.add_argument("--engines-only", action="store_true", dest="engines_only",
                     help="only our SDFT step per engine (--engines), --runs alternated runs; no TRL/SFT/loss parts")
     ap.add_argument("--engine", default="hf", help=argparse.SUPPRESS)
@@ -450,8 +457,14 @@ def main() -> None:
     print(f"chunked/naive peak    : {loss_ratio:.2f}   (target <= 0.50)")
     print(f"\n# total bench time {time.perf_counter() - t_all:.0f} s; load average at start {load0}, at end "
           f"{tuple(round(x, 2) for x in os.getloadavg())} (other processes on this machine inflate times)")
+    trl_step = statistics.median(x for r in trls for x in r["step_times"])
+    sft_step = statistics.median(x for r in sfts for x in r["step_times"])
+    by_engine = "".join(  # the engine column's single runs against the paired runs' TRL and SFT medians
+        f" ratio_vs_trl_{k.replace('-', '_')}={trl_step / statistics.median(v['step_times']):.2f}"
+        f" sdft_over_sft_{k.replace('-', '_')}={statistics.median(v['step_times']) / sft_step:.2f}"
+        for k, v in others.items())
     print(f"ratio_vs_trl={statistics.median(r_speed):.2f} mem_vs_trl={statistics.median(r_mem):.2f} "
-          f"loss_mem_vs_naive={loss_ratio:.2f} sdft_over_sft={statistics.median(r_sft):.2f}")
+          f"loss_mem_vs_naive={loss_ratio:.2f} sdft_over_sft={statistics.median(r_sft):.2f}{by_engine}")
 
 
 if __name__ == "__main__":
