@@ -108,6 +108,19 @@ def test_evaluation_stops_at_the_same_end_of_turn(name):
     assert ev.generate_greedy(model, tok, prompts, 6) == [""] * 3
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_multiple_choice_logliks_with_a_shared_prefix_and_cache_equal_full_sequences(name):
+    """The retention suite's scoring on each architecture's cache: the common prefix run once, the cache repeated
+    per prompt and per choice, equals one full forward pass per (prompt, choice)."""
+    tok, model = build_family(name)
+    prompts = [render_prompt_ids(tok, ex.prompt) for ex in examples(3)]
+    choices = [[[5], [7, 8]], [[42, 43, 44]], [[3], [4], [9, 10]]]
+    got = ev.shared_prompt_logliks(model, tok, prompts, choices, batch_size=3)
+    flat_p = [p for p, cs in zip(prompts, choices) for _ in cs]
+    want = ev.sequence_logliks(model, tok, flat_p, [c for cs in choices for c in cs], batch_size=8)
+    assert [v for r in got for v in r] == pytest.approx(want, abs=1e-4)
+
+
 def test_no_chat_template_is_a_clear_error():
     tok = build_family_tokenizer("llama3")
     tok.chat_template = None

@@ -135,6 +135,29 @@ def test_shared_prompt_logliks_equal_one_sequence_per_pair(tiny_tok, varied):
         ev.shared_prompt_logliks(varied, tok, prompts[:1], [[[]]])
 
 
+def test_a_common_system_prompt_is_run_once_and_changes_no_loglik(tiny_tok, varied):
+    """Prompts sharing a long system prompt (one prompt a prefix of another's): the shared part goes through the
+    model once, as one row, and every log-likelihood equals one full sequence per pair."""
+    tok = tiny_tok
+    system = "You are a helpful assistant. Please answer briefly, including the thinking process."
+    prompts = [render_prompt_ids(tok, msgs(q, system)) for q in ("Capital of France?", "12 + 7 =", "Hi")]
+    prompts.append(prompts[2][:-1])  # a prompt that is all prefix but its last token
+    choices = [[[5], [7, 8]], [[42, 43, 44]], [[3], [4], [9]], [[11, 12]]]
+    calls = []
+    hook = varied.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                            with_kwargs=True)
+    try:
+        got = ev.shared_prompt_logliks(varied, tok, prompts, choices, batch_size=4)
+    finally:
+        hook.remove()
+    P = ev.loglik.common_prefix_len(prompts)
+    assert P > 15 and calls[0] == (1, P)  # the prefix, once
+    assert calls[1] == (4, max(len(p) for p in prompts) - P)  # then only each prompt's own tokens
+    flat_p = [p for p, cs in zip(prompts, choices) for _ in cs]
+    want = ev.sequence_logliks(varied, tok, flat_p, [c for cs in choices for c in cs], batch_size=8)
+    assert [v for r in got for v in r] == pytest.approx(want, abs=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # evaluate_task
 
@@ -180,6 +203,32 @@ def test_evaluate_task_multiple_choice_counts_like_an_independent_count(tiny_tok
     assert [it["correct"] for it in r["items"]] == want
     assert r["correct"] == sum(want) and r["n"] == 4
     assert all(mc_correct(it["choice_logliks"], e) == it["correct"] for it, e in zip(r["items"], exs))
+
+
+def test_tasks_evaluated_together_give_each_tasks_own_results(tiny_tok, varied):
+    """evaluate_tasks on two generate tasks of one budget, one of another and a multiple-choice task: the same
+    results as task by task, while the tasks of one budget share their generation batches."""
+    tok = tiny_tok
+    mc_items = [("What is the capital of France?", ["Paris", "Lima", "Rome"], 0), ("Hi", ["hello", "table"], 1)]
+    mc = Task(name="mc", description="", train=[], scorer=lambda o, e: False, kind="multiple_choice",
+              test=[Example(msgs(q), cs[a], extra={"id": f"m{i}", "choices": cs, "answer_index": a}, origin="mc")
+                    for i, (q, cs, a) in enumerate(mc_items)])
+    def gen(name, n, budget, group=None):
+        return Task(name=name, description="", train=[], test=_examples(n, **({"group": group} if group else {})),
+                    scorer=lambda o, e: len(o) % 2 == 0, kind="generate", max_new_tokens=budget)
+    tasks = {"a": (gen("a", 3, 6), 0), "b": (gen("b", 5, 6), 4), "c": (gen("c", 2, 9), 0), "m": (mc, 0)}
+    calls = []
+    real = ev.accuracy.greedy_ids
+    ev.accuracy.greedy_ids = lambda model, tok_, prompts, budget, *a, **kw: (
+        calls.append((len(prompts), budget)) or real(model, tok_, prompts, budget, *a, **kw))
+    try:
+        together = ev.evaluate_tasks(varied, tok, tasks, batch_size=4)
+    finally:
+        ev.accuracy.greedy_ids = real
+    assert calls == [(3 + 4, 6), (2, 9)]  # one call per budget, across tasks (b limited to 4 items)
+    for k, (task, limit) in tasks.items():
+        alone = ev.evaluate_task(varied, tok, task, limit=limit, batch_size=4)
+        assert together[k] == alone, k
 
 
 # ----------------------------------------------------------------------------------------------------------

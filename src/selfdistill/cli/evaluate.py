@@ -13,7 +13,7 @@ from .. import tasks
 from ..config import ContextConfig
 from ..data import DataError
 from ..engines import make_engine
-from ..evaluation import evaluate_task, format_probe, probe
+from ..evaluation import evaluate_tasks, format_probe, probe
 from ..evaluation.probe import no_demonstrations
 from ..evaluation.lmeval import print_results, run_lm_eval
 from ..evaluation.table import fmt_ci, print_table
@@ -29,7 +29,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--task", action="append", help=TASK_HELP)
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=0, help="at most N items per task (0: all)")
-    p.add_argument("--batch-size", type=int, default=16, dest="batch_size")
+    p.add_argument("--batch-size", type=int, default=32, dest="batch_size",
+                   help="items per batch, across tasks (generation and log-likelihoods)")
     p.add_argument("--output", help="write results (and per-item outputs) to this JSON file")
     p.add_argument("--data", help="a data file to evaluate whole (only it, unless --tasks/--task are given too)")
     p.add_argument("--scorer", default="exact",
@@ -128,9 +129,10 @@ def run_eval(args: argparse.Namespace, extra: list[str]) -> int:
     results: dict[str, Any] = {"model": info.name, "model_path": info.path, "split": args.split,
                                "limit": args.limit, "tasks": {}}
     rows = []
-    for task in task_objs:
-        r = evaluate_task(model, tok, task, split=args.split, limit=args.limit, batch_size=args.batch_size,
-                          strip_thinking=args.strip_thinking, engine=engine)
+    every = evaluate_tasks(model, tok, {i: (t, args.limit) for i, t in enumerate(task_objs)}, args.split,
+                           args.batch_size, args.strip_thinking, engine)  # shared generation batches
+    for i, task in enumerate(task_objs):
+        r = every[i]
         results["tasks"][task.name] = r
         for label, g in ([(f"{task.name} [{k}]", v) for k, v in r["groups"].items()] if r.get("groups")
                          else [(task.name, r)]):

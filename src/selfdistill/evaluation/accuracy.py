@@ -55,35 +55,72 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
     Returns {task, split, kind, scoring, n, correct, accuracy, ci95: [lo, hi], items: [{id, origin, prompt,
     output, (raw_output), reference, correct, (choice_logliks), (the task's item_fields and annotate keys)}]}.
     """
-    items = _select(task, split, limit)
+    return evaluate_tasks(model, tokenizer, {task.name: (task, limit)}, split, batch_size, strip_thinking,
+                          engine)[task.name]
+
+
+def evaluate_tasks(model, tokenizer, tasks: dict, split: str = "test", batch_size: int = 16,
+                   strip_thinking: bool | str | None = None, engine=None) -> dict:
+    """Several tasks at once, `tasks` = {label: (task, limit)}: every generate item of every task in one greedy
+    engine call per generation budget (prompts longest first in batches of `batch_size`, whatever their task: fewer
+    decode steps than task by task), every multiple-choice item in one log-likelihood pass. Returns {label:
+    evaluate_task's result for that task}, the same records as task by task (greedy decoding per item)."""
+    items = {k: _select(t, split, lim) for k, (t, lim) in tasks.items()}
+    gen = [k for k, (t, _) in tasks.items() if t.kind != "multiple_choice"]
+    mc = [k for k, (t, _) in tasks.items() if t.kind == "multiple_choice"]
+    strip = resolve_strip_thinking(tokenizer, strip_thinking) if gen else False
+    prompt_ids = {k: [render_prompt_ids(tokenizer, ex.prompt) for ex in items[k]] for k in gen}
+    comps: dict[str, list] = {}
+    for budget in sorted({tasks[k][0].max_new_tokens for k in gen}):
+        keys = [k for k in gen if tasks[k][0].max_new_tokens == budget]
+        flat = greedy_ids(model, tokenizer, [p for k in keys for p in prompt_ids[k]], budget, batch_size,
+                          engine=engine, progress="eval " + ", ".join(tasks[k][0].name for k in keys))
+        for k in keys:
+            comps[k], flat = flat[:len(items[k])], flat[len(items[k]):]
+    lls = choice_logliks(model, tokenizer, [ex.prompt for k in mc for ex in items[k]],
+                         [ex.extra["choices"] for k in mc for ex in items[k]], batch_size,
+                         progress="eval " + ", ".join(tasks[k][0].name for k in mc)) if mc else []
+    out = {}
+    for k, (task, _) in tasks.items():
+        if k in mc:
+            records = _mc_records(items[k], lls[:len(items[k])])
+            lls = lls[len(items[k]):]
+        else:
+            records = _generate_records(tokenizer, task, items[k], prompt_ids[k], comps[k], strip)
+        out[k] = _result(task, split, items[k], records, _scoring(task, strip))
+    return out
+
+
+def _mc_records(items: list[Example], lls: list[list[float]]) -> list[dict]:
+    return [{"id": item_id(ex), "origin": ex.origin, "prompt": short(ex.prompt[-1]["content"]),
+             "output": ex.extra["choices"][mc_predicted_index(ll)], "reference": reference(ex),
+             "correct": bool(mc_correct(ll, ex)), "choice_logliks": [round(v, 4) for v in ll]}
+            for ex, ll in zip(items, lls)]
+
+
+def _generate_records(tokenizer, task, items: list[Example], prompt_ids, comps, strip: bool) -> list[dict]:
     records = []
+    for ex, p, c in zip(items, prompt_ids, comps):
+        o = scored_text(tokenizer, p, c, strip)
+        rec = {"id": item_id(ex), "origin": ex.origin, "prompt": short(ex.prompt[-1]["content"]),
+               "output": o, "reference": reference(ex), "correct": bool(task.score(o, ex)),
+               **{k: ex.extra[k] for k in task.item_fields if k in ex.extra},
+               **(task.annotate(o, ex) if task.annotate else {})}
+        if strip:
+            rec["raw_output"] = decode_completion(tokenizer, c)
+        records.append(rec)
+    return records
+
+
+def _scoring(task, strip: bool) -> str:
     if task.kind == "multiple_choice":
-        lls = choice_logliks(model, tokenizer, [ex.prompt for ex in items],
-                             [ex.extra["choices"] for ex in items], batch_size, progress=f"eval {task.name}")
-        for ex, ll in zip(items, lls):
-            ok = bool(mc_correct(ll, ex))
-            records.append({"id": item_id(ex), "origin": ex.origin, "prompt": short(ex.prompt[-1]["content"]),
-                            "output": ex.extra["choices"][mc_predicted_index(ll)], "reference": reference(ex),
-                            "correct": ok, "choice_logliks": [round(v, 4) for v in ll]})
-        scoring = ("multiple choice: summed log-prob of the choice tokens as the reply (+ end-of-turn token when "
-                   "a choice is a prefix of another); strict argmax, ties wrong")
-    else:
-        strip = resolve_strip_thinking(tokenizer, strip_thinking)
-        prompt_ids = [render_prompt_ids(tokenizer, ex.prompt) for ex in items]
-        comps = greedy_ids(model, tokenizer, prompt_ids, task.max_new_tokens, batch_size, engine=engine,
-                           progress=f"eval {task.name}")
-        for ex, p, c in zip(items, prompt_ids, comps):
-            o = scored_text(tokenizer, p, c, strip)
-            ok = bool(task.score(o, ex))
-            rec = {"id": item_id(ex), "origin": ex.origin, "prompt": short(ex.prompt[-1]["content"]),
-                   "output": o, "reference": reference(ex), "correct": ok,
-                   **{k: ex.extra[k] for k in task.item_fields if k in ex.extra},
-                   **(task.annotate(o, ex) if task.annotate else {})}
-            if strip:
-                rec["raw_output"] = decode_completion(tokenizer, c)
-            records.append(rec)
-        scoring = (f"greedy generation (max_new_tokens={task.max_new_tokens}) scored with the task scorer"
-                   + ("; <think> reasoning blocks removed before scoring" if strip else ""))
+        return ("multiple choice: summed log-prob of the choice tokens as the reply (+ end-of-turn token when "
+                "a choice is a prefix of another); strict argmax, ties wrong")
+    return (f"greedy generation (max_new_tokens={task.max_new_tokens}) scored with the task scorer"
+            + ("; <think> reasoning blocks removed before scoring" if strip else ""))
+
+
+def _result(task, split: str, items: list[Example], records: list[dict], scoring: str) -> dict:
     k = sum(r["correct"] for r in records)
     out = {"task": task.name, "split": split, "kind": task.kind, "scoring": scoring, **summary(k, len(records)),
            "items": records}

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..contexts import render_prompt_ids
-from ..engines import eval_mode, hf_module, pad_id
+from ..engines import eval_mode, hf_module, left_pad, pad_id
 from ..models import template_end_of_turn_id
 from ..training.batches import completion_logits, pack
 from .replies import model_device
@@ -104,8 +104,9 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
     """Summed log p(choice tokens | prompt) for several choices per prompt, the prompt run once per item.
 
     Equal to :func:`sequence_logliks` on every (prompt, choice) pair (tested), about #choices times cheaper: the
-    prompts of `batch_size` items go through the model once (left-padded, KV cache kept), the cache is repeated
-    per choice, and only the choice tokens are run on top of it.
+    prompts of `batch_size` items go through the model once (KV cache kept), the cache is repeated per choice, and
+    only the choice tokens are run on top of it. The prompts' common prefix (a chat template's system prompt) is
+    run once per batch (`_prompt_pass`).
     """
     if len(prompt_ids) != len(choices):
         raise ValueError(f"{len(prompt_ids)} prompts for {len(choices)} choice lists")
@@ -119,17 +120,12 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
                                                         file=sys.stderr, disable=progress is None) as bar:
         for s in range(0, len(prompt_ids), bs):
             items = list(range(s, min(s + bs, len(prompt_ids))))
-            pb = pack([prompt_ids[i] for i in items], [[]] * len(items), pad, device)
-            L = pb.input_ids_BL.shape[1] - 1  # pack adds one empty completion column
-            att_BL = pb.attention_mask_BL[:, :L]
-            first = model(input_ids=pb.input_ids_BL[:, :L], attention_mask=att_BL,
-                          position_ids=pb.position_ids_BL[:, :L], use_cache=True, logits_to_keep=1)
-            first_logp_BV = first.logits[:, -1].float().log_softmax(-1)
+            cache_key = _cache_key(model)
+            first_logp_BV, cache, att_BL = _prompt_pass(model, [prompt_ids[i] for i in items], pad, device,
+                                                        cache_key)
             row_C = [r for r, i in enumerate(items) for _ in choices[i]]
             comps = [c for i in items for c in choices[i]]
             idx_C = torch.tensor(row_C, device=device)
-            cache_key = _cache_key(model)
-            cache = getattr(first, cache_key)
             cache.batch_select_indices(idx_C)  # one copy of its prompt's cache per choice
             T = max(len(c) for c in comps)
             ids_CT = torch.full((len(comps), T), pad, dtype=torch.long)
@@ -154,3 +150,32 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
                 k += len(choices[i])
             bar.update(len(items))
     return out
+
+
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """The length of the longest prefix every sequence starts with."""
+    n = min(len(x) for x in seqs)
+    for k in range(n):
+        if any(x[k] != seqs[0][k] for x in seqs):
+            return k
+    return n
+
+
+def _prompt_pass(model, prompts: list[list[int]], pad: int, device, cache_key: str):
+    """The prompts through the model with a KV cache: their common prefix once (batch 1, its cache repeated per
+    prompt), then each prompt's rest, left-padded after the prefix (the attention mask hides the padding, the
+    positions skip it). Returns (log-softmax of each prompt's next-token logits [B, V] in float32, the cache,
+    the [B, L] attention mask the cache was built with)."""
+    P = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)  # every prompt keeps >= 1 own token
+    cache_kw = {}
+    if P > 0:
+        pre = model(input_ids=torch.tensor([prompts[0][:P]], device=device), use_cache=True, logits_to_keep=1)
+        cache = getattr(pre, cache_key)
+        cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
+        cache_kw = {cache_key: cache}
+    rest_BS, rest_att_BS = left_pad([p[P:] for p in prompts], pad)
+    att_BL = torch.cat([torch.ones((len(prompts), P), dtype=rest_att_BS.dtype), rest_att_BS], 1).to(device)
+    pos_BS = P + (rest_att_BS.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=rest_BS.to(device), attention_mask=att_BL, position_ids=pos_BS.to(device), use_cache=True,
+                logits_to_keep=1, **cache_kw)
+    return out.logits[:, -1].float().log_softmax(-1), getattr(out, cache_key), att_BL

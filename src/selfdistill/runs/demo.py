@@ -62,7 +62,7 @@ def run_probe_once(model, tok, task, cfg, out: Path) -> dict:
     else:
         print(f"[selfdistill demo] probe: student vs teacher on {len(task.train)} training questions ...",
               file=sys.stderr)
-        pr = probe(model, tok, task, cfg.context, limit=len(task.train), batch_size=16)
+        pr = probe(model, tok, task, cfg.context, limit=len(task.train), batch_size=32)
         probe_path.write_text(json.dumps(pr, indent=1, default=str))
     print(format_probe(pr))
     return {"student_acc": pr["student"]["accuracy"], "teacher_acc": pr["teacher"]["accuracy"],

@@ -27,7 +27,7 @@ class SequenceOptions:
     model_name: str = "smollm2-135m"
     eval_every: int = 0
     eval_limit: int = 0
-    batch_size: int = 16
+    batch_size: int = 32  # items per evaluation batch (generation and log-likelihoods), across tasks
     drift: bool = True
     drift_prompts: int = 0
     keep_checkpoints: bool = False
