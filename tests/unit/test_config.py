@@ -73,3 +73,14 @@ def test_rollouts_in_another_dtype_turn_importance_weights_on_unless_set():
     assert off.loss.importance_weights is False
     with pytest.raises(Exception, match="rollout.dtype"):
         load_config(overrides={"rollout.dtype": "float16"})
+
+
+def test_a_rollout_copy_under_fsdp2_is_refused_in_one_line_before_any_worker_starts():
+    from selfdistill.training import TrainingError, check_launch
+    cfg = load_config(overrides={"rollout.dtype": "bfloat16", "dist.strategy": "fsdp"})
+    with pytest.raises(TrainingError, match=r"^rollout.dtype=bfloat16 with the hf engine needs a whole copy of the "
+                                            r"weights per process, which dist.strategy=fsdp shards; use "
+                                            r"rollout.engine=vllm \(its own dtype\) or rollout.dtype=model$"):
+        check_launch(cfg, 2, "fsdp")
+    check_launch(cfg, 2, "ddp")  # replicas hold whole weights: allowed
+    check_launch(load_config(overrides={"rollout.dtype": "bfloat16", "rollout.engine": "vllm"}), 2, "fsdp")

@@ -238,6 +238,11 @@ def check_launch(cfg: Config, world: int, strategy: str) -> None:
     if sdft and cfg.rollout.engine == "vllm" and cfg.rollout.vllm_sleep == "on" and not torch.cuda.is_available():
         raise TrainingError("rollout.vllm_sleep=on needs a CUDA GPU: vLLM's CPU backend has no sleep mode; use "
                             "rollout.vllm_sleep=auto or off")
+    if strategy == "fsdp" and sdft and cfg.rollout.engine == "hf" and cfg.rollout.dtype not in ("model",
+                                                                                              cfg.model.dtype):
+        raise TrainingError(f"rollout.dtype={cfg.rollout.dtype} with the hf engine needs a whole copy of the weights "
+                            f"per process, which dist.strategy=fsdp shards; use rollout.engine=vllm (its own dtype) "
+                            f"or rollout.dtype=model")
     if strategy == "fsdp" and sdft and cfg.teacher.kind == "live":
         raise TrainingError("teacher.kind=live with dist.strategy=fsdp is not supported: the teacher pass would "
                             "gather the student's weights as inference tensors; use teacher.kind=ema or frozen")
