@@ -294,12 +294,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             set_key(cfg, k, v)
     if deviations:
         cfg.deviations += list(deviations)
-    other_numerics = cfg.rollout.engine == "vllm" or cfg.rollout.dtype not in ("model", cfg.model.dtype)
-    if other_numerics and "loss.importance_weights" not in {**PRESETS[preset], **file_vals, **overrides}:
-        cfg.loss.importance_weights = True  # vLLM's or another dtype's numerics are not the trainer's: correct
-        # for them unless told
+    if "loss.importance_weights" not in {**PRESETS[preset], **file_vals, **overrides}:
+        cfg.loss.importance_weights = importance_weights_default(cfg)
     validate(cfg)
     return cfg
+
+
+def importance_weights_default(cfg: Config) -> bool:
+    """loss.importance_weights when not set: on where the rollouts' numerics are not the trainer's (vLLM, or a
+    rollout.dtype other than the model's), so the trainer corrects for them."""
+    return cfg.rollout.engine == "vllm" or cfg.rollout.dtype not in ("model", cfg.model.dtype)
 
 
 def validate(cfg: Config) -> None:

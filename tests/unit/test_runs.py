@@ -34,3 +34,24 @@ def test_claim_run_is_exclusive_until_released(tmp_path):
     assert claim_run(tmp_path).startswith(f"pid {os.getpid()} on {socket.gethostname()}")  # a second claimant
     release_run(tmp_path)
     assert claim_run(tmp_path) is None
+
+
+def test_a_method_spec_that_changes_the_rollout_numerics_gets_its_importance_weights():
+    """A sweep or sequence method `sdft@rollout.dtype=bfloat16` (or `@rollout.engine=vllm`) trains with the
+    correction on, as `train` with the same keys does; a value the spec or the run set explicitly is kept."""
+    import types
+
+    from selfdistill.config import load_config
+    from selfdistill.runs.stages import stage_config
+
+    def stage(run_overrides, spec):
+        task = types.SimpleNamespace(name="t")
+        ctx = types.SimpleNamespace(cfg=load_config(overrides=run_overrides), tasks=[task], task_specs=["knowledge"])
+        return stage_config(ctx, MethodSpec.parse(spec), 0, 1).loss.importance_weights
+
+    assert stage({}, "sdft") is False
+    assert stage({}, "sdft@rollout.dtype=bfloat16") is True
+    assert stage({}, "sdft@rollout.engine=vllm") is True
+    assert stage({}, "sdft@rollout.dtype=bfloat16,loss.importance_weights=false") is False
+    assert stage({"loss.importance_weights": True}, "sdft") is True  # the run's explicit choice
+    assert stage({"rollout.dtype": "bfloat16"}, "sdft") is True

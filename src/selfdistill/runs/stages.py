@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, flatten, load_config, to_dict
+from ..config import Config, flatten, importance_weights_default, load_config, to_dict
 from ..evaluation import DriftReference, drift_from_reference, evaluate_tasks, item_table
 from ..methods import MethodSpec
 from ..models import load_model
@@ -131,10 +131,14 @@ def run_stages(ctx: StageContext, spec: MethodSpec, seed: int, run_dir: Path, pr
 
 
 def stage_config(ctx: StageContext, spec: MethodSpec, seed: int, i: int) -> Config:
-    """The config stage i trains with: the run's settings, the method spec's overrides, the seed, the task's data."""
+    """The config stage i trains with: the run's settings, the method spec's overrides, the seed, the task's data.
+    A run-level loss.importance_weights at its default is not carried over: the stage's own engine and rollout
+    dtype decide it again (a spec `sdft@rollout.dtype=bfloat16` gets its correction), unless the spec sets it."""
     task = ctx.tasks[i - 1]
-    settings = {k: v for k, v in to_dict(ctx.cfg).items() if k not in ("preset", "deviations")}  # not config keys
-    cfg = load_config(overrides={**flatten(settings), **spec.overrides, "train.seed": seed,
+    settings = flatten({k: v for k, v in to_dict(ctx.cfg).items() if k not in ("preset", "deviations")})
+    if ctx.cfg.loss.importance_weights == importance_weights_default(ctx.cfg):
+        settings.pop("loss.importance_weights")
+    cfg = load_config(overrides={**settings, **spec.overrides, "train.seed": seed,
                                  "data.path": _data_path(ctx.task_specs[i - 1], task)}, preset=ctx.cfg.preset)
     cfg.deviations = list(ctx.cfg.deviations)
     return cfg
