@@ -206,8 +206,8 @@ def test_evaluate_task_multiple_choice_counts_like_an_independent_count(tiny_tok
 
 
 def test_tasks_evaluated_together_give_each_tasks_own_results(tiny_tok, varied):
-    """evaluate_tasks on two generate tasks of one budget, one of another and a multiple-choice task: the same
-    results as task by task, while the tasks of one budget share their generation batches."""
+    """evaluate_tasks on generate tasks of budgets 3, 6, 6 and 9 and a multiple-choice task: the same results as
+    task by task (a reply cut at its task's budget), while tasks of budgets within 2x share generation batches."""
     tok = tiny_tok
     mc_items = [("What is the capital of France?", ["Paris", "Lima", "Rome"], 0), ("Hi", ["hello", "table"], 1)]
     mc = Task(name="mc", description="", train=[], scorer=lambda o, e: False, kind="multiple_choice",
@@ -216,7 +216,8 @@ def test_tasks_evaluated_together_give_each_tasks_own_results(tiny_tok, varied):
     def gen(name, n, budget, group=None):
         return Task(name=name, description="", train=[], test=_examples(n, **({"group": group} if group else {})),
                     scorer=lambda o, e: len(o) % 2 == 0, kind="generate", max_new_tokens=budget)
-    tasks = {"a": (gen("a", 3, 6), 0), "b": (gen("b", 5, 6), 4), "c": (gen("c", 2, 9), 0), "m": (mc, 0)}
+    tasks = {"a": (gen("a", 3, 6), 0), "b": (gen("b", 5, 6), 4), "c": (gen("c", 2, 9), 0), "m": (mc, 0),
+             "d": (gen("d", 2, 3), 0)}
     calls = []
     real = ev.accuracy.greedy_ids
     ev.accuracy.greedy_ids = lambda model, tok_, prompts, budget, *a, **kw: (
@@ -225,7 +226,8 @@ def test_tasks_evaluated_together_give_each_tasks_own_results(tiny_tok, varied):
         together = ev.evaluate_tasks(varied, tok, tasks, batch_size=4)
     finally:
         ev.accuracy.greedy_ids = real
-    assert calls == [(3 + 4, 6), (2, 9)]  # one call per budget, across tasks (b limited to 4 items)
+    # budgets within 2x of a group's smallest share a call at the group's largest (b limited to 4 items)
+    assert calls == [(2 + 3 + 4, 6), (2, 9)]
     for k, (task, limit) in tasks.items():
         alone = ev.evaluate_task(varied, tok, task, limit=limit, batch_size=4)
         assert together[k] == alone, k

@@ -55,3 +55,16 @@ def test_a_method_spec_that_changes_the_rollout_numerics_gets_its_importance_wei
     assert stage({}, "sdft@rollout.dtype=bfloat16,loss.importance_weights=false") is False
     assert stage({"loss.importance_weights": True}, "sdft") is True  # the run's explicit choice
     assert stage({"rollout.dtype": "bfloat16"}, "sdft") is True
+
+
+def test_the_demo_samples_from_a_bf16_copy_with_its_correction_where_bf16_is_native(monkeypatch):
+    from selfdistill.runs import presets
+    from selfdistill.runs.demo import DemoOptions, demo_config
+
+    for native in (True, False):
+        monkeypatch.setattr(presets, "fast_bf16", lambda: native)
+        cfg = demo_config(DemoOptions())
+        assert (cfg.train.bf16, cfg.rollout.dtype, cfg.loss.importance_weights) == \
+            ((True, "bfloat16", True) if native else (False, "model", False))
+    monkeypatch.setattr(presets, "fast_bf16", lambda: True)
+    assert demo_config(DemoOptions(overrides={"rollout.dtype": "model"})).loss.importance_weights is False

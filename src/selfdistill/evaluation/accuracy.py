@@ -61,9 +61,10 @@ def evaluate_task(model, tokenizer, task, split: str = "test", limit: int = 0, b
 
 def evaluate_tasks(model, tokenizer, tasks: dict, split: str = "test", batch_size: int = 16,
                    strip_thinking: bool | str | None = None, engine=None) -> dict:
-    """Several tasks at once, `tasks` = {label: (task, limit)}: every generate item of every task in one greedy
-    engine call per generation budget (prompts longest first in batches of `batch_size`, whatever their task: fewer
-    decode steps than task by task), every multiple-choice item in one log-likelihood pass. Returns {label:
+    """Several tasks at once, `tasks` = {label: (task, limit)}: the generate items of tasks whose budgets are within
+    2x of each other in one greedy engine call (prompts longest first in batches of `batch_size`, whatever their
+    task: fewer decode steps than task by task; each reply cut at its task's budget), every multiple-choice item
+    in one log-likelihood pass. Returns {label:
     evaluate_task's result for that task}, the same records as task by task (greedy decoding per item)."""
     items = {k: _select(t, split, lim) for k, (t, lim) in tasks.items()}
     gen = [k for k, (t, _) in tasks.items() if t.kind != "multiple_choice"]
@@ -71,12 +72,13 @@ def evaluate_tasks(model, tokenizer, tasks: dict, split: str = "test", batch_siz
     strip = resolve_strip_thinking(tokenizer, strip_thinking) if gen else False
     prompt_ids = {k: [render_prompt_ids(tokenizer, ex.prompt) for ex in items[k]] for k in gen}
     comps: dict[str, list] = {}
-    for budget in sorted({tasks[k][0].max_new_tokens for k in gen}):
-        keys = [k for k in gen if tasks[k][0].max_new_tokens == budget]
+    for keys in budget_groups({k: tasks[k][0].max_new_tokens for k in gen}):
+        budget = max(tasks[k][0].max_new_tokens for k in keys)
         flat = greedy_ids(model, tokenizer, [p for k in keys for p in prompt_ids[k]], budget, batch_size,
                           engine=engine, progress="eval " + ", ".join(tasks[k][0].name for k in keys))
-        for k in keys:
-            comps[k], flat = flat[:len(items[k])], flat[len(items[k]):]
+        for k in keys:  # greedy: a reply cut at its own task's budget is the reply generated with that budget
+            comps[k] = [c[:tasks[k][0].max_new_tokens] for c in flat[:len(items[k])]]
+            flat = flat[len(items[k]):]
     lls = choice_logliks(model, tokenizer, [ex.prompt for k in mc for ex in items[k]],
                          [ex.extra["choices"] for k in mc for ex in items[k]], batch_size,
                          progress="eval " + ", ".join(tasks[k][0].name for k in mc)) if mc else []
@@ -89,6 +91,18 @@ def evaluate_tasks(model, tokenizer, tasks: dict, split: str = "test", batch_siz
             records = _generate_records(tokenizer, task, items[k], prompt_ids[k], comps[k], strip)
         out[k] = _result(task, split, items[k], records, _scoring(task, strip))
     return out
+
+
+def budget_groups(budgets: dict) -> list[list]:
+    """Keys grouped for shared generation calls: budgets within 2x of their group's smallest share one call (at
+    the group's largest budget), so a short task never decodes more than twice its own budget."""
+    groups: list[list] = []
+    for k in sorted(budgets, key=lambda k: budgets[k]):
+        if groups and budgets[k] <= 2 * budgets[groups[-1][0]]:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
 
 
 def _mc_records(items: list[Example], lls: list[list[float]]) -> list[dict]:

@@ -38,6 +38,10 @@ DEMO_SETTINGS_WHY = [
     "learned nothing (0% on reworded questions at lr 1e-4, docs/results.md). The source fact comes before the question.",
     "bf16 autocast when the CPU has native bf16 (avx512_bf16 / amx) or on CUDA: ~25% faster steps here; "
     "fp32 otherwise. Same for every method. Override with --train.bf16 false.",
+    "Rollouts from a bf16 copy of the weights where bf16 is native (rollout.dtype=bfloat16, corrected by the "
+    "importance weights): 1.5x faster sampling here; over seeds 0-2 it reached 31%, 44%, 47% on reworded "
+    "questions against 28%, 38%, 53% with float32 rollouts, retention within the same spread (docs/results.md). "
+    "Override with --rollout.dtype model.",
     "Checkpoints are evaluated along training so retention can be compared at equal new-task accuracy; the "
     "same facts are also asked in the training phrasing, naming the currency by its country, and in reverse "
     "(code -> name), never trained on as test sets. Retention is measured on all 120 items.",
@@ -67,8 +71,9 @@ class RunPreset:
     why: tuple[str, ...] = ()
 
     def config_overrides(self) -> dict:
-        """The overrides with bf16 autocast where it is natively fast here."""
-        return {**self.overrides, "train.bf16": fast_bf16()}
+        """The overrides with bf16 autocast and rollouts from a bf16 copy where bf16 is natively fast here."""
+        fast = fast_bf16()
+        return {**self.overrides, "train.bf16": fast, "rollout.dtype": "bfloat16" if fast else "model"}
 
     def method_specs(self) -> list[MethodSpec]:
         return [MethodSpec.parse(m) for m in self.methods]
