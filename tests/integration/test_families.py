@@ -121,6 +121,34 @@ def test_multiple_choice_logliks_with_a_shared_prefix_and_cache_equal_full_seque
     assert [v for r in got for v in r] == pytest.approx(want, abs=1e-4)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_decode_loop_equals_transformers_generate_and_drops_finished_rows(name):
+    """Greedy ids of the hf engine's own loop = transformers' `generate` on each architecture (left padding, the
+    family's cache), while rows that reached a stop id leave the batch (fewer rows per forward)."""
+    import torch
+    from selfdistill.engines import HFEngine, greedy_spec, left_pad, pad_id
+    tok, model = build_family(name)
+    prompts = [render_prompt_ids(tok, ex.prompt) for ex in examples(4)]
+    engine = HFEngine(model, pad_id(tok))
+    free = [c.ids for c in engine.generate(prompts, greedy_spec(12, ()))]
+    stop = (*end_of_turn_ids(tok, model), free[0][3])  # row 0 stops at its 4th token; the others may go on
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        got = [c.ids for c in engine.generate(prompts, greedy_spec(12, stop))]
+    finally:
+        hook.remove()
+    ids_BL, att_BL = left_pad(prompts, pad_id(tok))
+    with torch.no_grad():
+        out = model.generate(input_ids=ids_BL, attention_mask=att_BL, do_sample=False, max_new_tokens=12,
+                             eos_token_id=list(stop), pad_token_id=pad_id(tok))
+    want = [row[:next((i + 1 for i, t in enumerate(row) if t in stop), len(row))]
+            for row in out[:, ids_BL.shape[1]:].tolist()]
+    assert got == want
+    assert len(got[0]) <= 4 and len({len(c) for c in got}) > 1, got  # rows finish at different steps
+    assert rows[0] == 4 and sum(rows[1:]) == sum(len(c) - 1 for c in got)  # each row only while it decodes
+
+
 def test_no_chat_template_is_a_clear_error():
     tok = build_family_tokenizer("llama3")
     tok.chat_template = None

@@ -1,7 +1,7 @@
 """Generation engines: the one place that turns prompt token ids into completions, for every caller.
 
 * :mod:`.base`: the interface (`SamplingSpec`, `Completion`, the `Engine` protocol, stop and seed helpers).
-* :mod:`.hf`: `HFEngine`, `transformers.generate` on the live module (the default; always available).
+* :mod:`.hf`: `HFEngine`, a lean decoding loop around the live module's forward (the default; always available).
 * :mod:`.vllm_engine`: `VLLMEngine`, vLLM's offline engine in this process (optional extra), weights pushed from
   the trainer after every step.
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 from .base import (Completion, Engine, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, eval_mode,
                    greedy_spec, hf_module, ignored_generation_settings, pad_id, prompt_seeds, rollout_spec,
                    stop_ids_for)
-from .hf import HFEngine, left_pad, weights_copy
+from .hf import HFEngine, cache_key, left_pad, weights_copy
 
-__all__ = ["Completion", "Engine", "GenerationAborted", "HFEngine", "SamplingSpec", "cut_at_stop", "derive_seed",
+__all__ = ["Completion", "Engine", "GenerationAborted", "HFEngine", "SamplingSpec", "cache_key", "cut_at_stop", "derive_seed",
            "eval_mode", "greedy_completions", "greedy_spec", "hf_module", "ignored_generation_settings", "left_pad",
            "make_engine", "pad_id", "prompt_seeds", "rollout_spec", "stop_ids_for", "weights_copy"]
 

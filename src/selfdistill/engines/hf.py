@@ -1,10 +1,12 @@
-"""`HFEngine`: `transformers.generate` on the live module (batched, left padded, KV cache).
+"""`HFEngine`: a lean decoding loop around the transformers module's own forward (batched, left padded, KV cache).
 
-Sampling is per row: `RowSampler` draws each row's token from that prompt's own generator (Gumbel-max over the
-tempered, top-k / top-p restricted logits, exactly a sample of that distribution) and hands transformers' greedy
-step scores that pick it. A prompt's sample thus depends on its seed and its logits only, not on its batch.
-`transformers.generate` itself samples the whole batch from the global generator, which ties every row's sample
-to the batch it is in.
+`decode` runs the prompts through the model once, then one forward per new token for the rows still decoding: a
+row that emits a stop id or reaches its budget leaves the batch (its cache rows, mask and position are dropped),
+so a batch costs the sum of its rows' lengths, not its longest row times the batch. Greedy rows take the argmax;
+sampled rows draw from their own generator (`RowSampler`: Gumbel-max over the tempered, top-k / top-p restricted
+logits, exactly a sample of that distribution), so a prompt's sample depends on its seed and its logits only, not
+on its batch. transformers' `generate` (used before 2026-12-02) keeps finished rows in the batch to the end and
+samples the whole batch from one global generator.
 
 `dtype` (rollout.dtype): sample from a copy of the module with its parameters in that dtype, refreshed in place by
 `sync_weights` after every optimizer step (`weights_copy`). On a CPU with native bf16 a bfloat16 copy decodes about
@@ -14,15 +16,14 @@ to the batch it is in.
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 
 import torch
 from tqdm import tqdm
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList, TopKLogitsWarper, \
-    TopPLogitsWarper
+from transformers import TopKLogitsWarper, TopPLogitsWarper
 
-from .base import Completion, GenerationAborted, SamplingSpec, cut_at_stop, eval_mode, hf_module, notice_ignored, \
-    plain_generation_config
+from .base import Completion, GenerationAborted, SamplingSpec, eval_mode, hf_module, notice_ignored
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,52 +37,75 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids_BL, att_BL
 
 
-class _Watch:
-    """A StoppingCriteria that never stops a sequence: it reports progress and aborts on request."""
-
-    def __init__(self, stop_ids, should_stop, on_tokens):
-        self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long)
-        self.should_stop, self.on_tokens = should_stop, on_tokens
-        self.done_B = None
-
-    def __call__(self, input_ids_BL, scores, **kwargs) -> torch.BoolTensor:
-        last_B = input_ids_BL[:, -1].cpu()
-        if self.done_B is None:
-            self.done_B = torch.zeros_like(last_B, dtype=torch.bool)
-        if self.on_tokens is not None:
-            self.on_tokens(int((~self.done_B).sum()))
-        self.done_B |= torch.isin(last_B, self.stop_ids)
-        if self.should_stop is not None and self.should_stop():
-            raise GenerationAborted()
-        return torch.zeros(input_ids_BL.shape[0], dtype=torch.bool, device=input_ids_BL.device)
-
-
 class RowSampler:
-    """A logits processor that samples each row with its own generator and returns scores whose argmax is that
-    sample (0 there, -inf elsewhere), so transformers' greedy step takes it. `logprobs_BT()`: the sampled tokens'
-    log-probs under the distribution sampled from (after temperature, top-k, top-p)."""
+    """Each row sampled with its own generator: Gumbel-max over the tempered, top-k / top-p restricted logits.
+    `sample(logits_AV, rows)`: one token per row of `rows` (indices into `seeds`) and its log-prob under the
+    distribution sampled from (after temperature, top-k, top-p)."""
 
     def __init__(self, spec: SamplingSpec, seeds: list[int], device: torch.device):
         self.temperature = spec.temperature
         self.restrict = ([TopKLogitsWarper(spec.top_k)] if spec.top_k > 0 else []) + \
             ([TopPLogitsWarper(spec.top_p)] if spec.top_p < 1.0 else [])
         self.generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-        self.lps_B: list[torch.Tensor] = []
 
-    def __call__(self, input_ids_BL: torch.Tensor, scores_BV: torch.Tensor) -> torch.Tensor:
-        logits_BV = scores_BV.float() / self.temperature
+    def sample(self, logits_AV: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits_AV = logits_AV.float() / self.temperature
         for warp in self.restrict:
-            logits_BV = warp(input_ids_BL, logits_BV)
-        logp_BV = logits_BV.log_softmax(-1)
-        V = logp_BV.shape[-1]
-        u_BV = torch.stack([torch.rand(V, generator=g, device=logp_BV.device) for g in self.generators])
-        gumbel_BV = -torch.log(-torch.log(u_BV.clamp_(min=1e-20, max=1.0 - 1e-7)))
-        tok_B1 = (logp_BV + gumbel_BV).argmax(-1, keepdim=True)
-        self.lps_B.append(logp_BV.gather(-1, tok_B1).squeeze(-1))
-        return torch.full_like(logits_BV, float("-inf")).scatter_(-1, tok_B1, 0.0)
+            logits_AV = warp(None, logits_AV)
+        logp_AV = logits_AV.log_softmax(-1)
+        V = logp_AV.shape[-1]
+        u_AV = torch.stack([torch.rand(V, generator=self.generators[r], device=logp_AV.device) for r in rows])
+        gumbel_AV = -torch.log(-torch.log(u_AV.clamp_(min=1e-20, max=1.0 - 1e-7)))
+        tok_A = (logp_AV + gumbel_AV).argmax(-1)
+        return tok_A, logp_AV.gather(-1, tok_A[:, None]).squeeze(-1)
 
-    def logprobs_BT(self) -> torch.Tensor:
-        return torch.stack(self.lps_B, 1)
+
+def cache_key(model) -> str:
+    """The KV-cache argument/output name of the module's forward: `cache` from transformers 5.20 on,
+    `past_key_values` before (the vLLM extra pins transformers 5.19)."""
+    return "cache" if "cache" in inspect.signature(type(hf_module(model)).forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def decode(model, ids_BL: torch.Tensor, att_BL: torch.Tensor, spec: SamplingSpec, sampler: RowSampler | None,
+           should_stop=None, on_tokens=None) -> tuple[list[list[int]], list[list[float]]]:
+    """New token ids per row (cut after the first stop id, kept) and each token's log-prob (greedy: under the
+    model's own distribution). Rows leave the batch when they stop; `should_stop()` is polled and `on_tokens(n)`
+    told the rows still decoding once per step."""
+    key, stop = cache_key(model), torch.tensor(sorted(spec.stop_ids), dtype=torch.long, device=ids_BL.device)
+    pos_BL = (att_BL.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids_BL, attention_mask=att_BL, position_ids=pos_BL, use_cache=True, logits_to_keep=1)
+    rows = list(range(ids_BL.shape[0]))  # the batch rows still decoding, in order
+    tokens: list[list[int]] = [[] for _ in rows]
+    lps: list[list[float]] = [[] for _ in rows]
+    att_AL, pos_A1 = att_BL, pos_BL[:, -1:]
+    for step in range(spec.max_new_tokens):
+        logits_AV = out.logits[:, -1]
+        if sampler is None:
+            tok_A = logits_AV.argmax(-1)
+            lp_A = logits_AV.float().log_softmax(-1).gather(-1, tok_A[:, None]).squeeze(-1)
+        else:
+            tok_A, lp_A = sampler.sample(logits_AV, rows)
+        for r, t, lp in zip(rows, tok_A.tolist(), lp_A.tolist()):
+            tokens[r].append(t)
+            lps[r].append(lp)
+        if on_tokens is not None:
+            on_tokens(len(rows))
+        if should_stop is not None and should_stop():
+            raise GenerationAborted()
+        keep_A = ~torch.isin(tok_A, stop)
+        if step == spec.max_new_tokens - 1 or not bool(keep_A.any()):
+            break
+        if not bool(keep_A.all()):  # finished rows leave the batch and its cache
+            idx = keep_A.nonzero().squeeze(-1)
+            getattr(out, key).batch_select_indices(idx)
+            rows = [rows[i] for i in idx.tolist()]
+            tok_A, att_AL, pos_A1 = tok_A[idx], att_AL[idx], pos_A1[idx]
+        att_AL = torch.cat([att_AL, att_AL.new_ones((len(rows), 1))], 1)
+        pos_A1 = pos_A1 + 1
+        out = model(input_ids=tok_A[:, None], attention_mask=att_AL, position_ids=pos_A1, use_cache=True,
+                    **{key: getattr(out, key)})
+    return tokens, lps
 
 
 def weights_copy(model, dtype: torch.dtype, into: torch.nn.Module | None = None) -> torch.nn.Module | None:
@@ -109,7 +133,7 @@ def weights_copy(model, dtype: torch.dtype, into: torch.nn.Module | None = None)
 
 
 class HFEngine:
-    """`transformers.generate` on the live module, or on its copy in `dtype` (see the module docstring).
+    """`decode` on the live module, or on its copy in `dtype` (see the module docstring).
     `batch_size=None`: one batch in input order (rollouts); otherwise prompts are sorted longest first and decoded
     in batches of that size (evaluation)."""
 
@@ -159,28 +183,11 @@ class HFEngine:
                 bar.update(len(idx))
         return out  # type: ignore[return-value]
 
-    @torch.no_grad()
     def _batch(self, prompts, spec, seeds, want_logprobs, should_stop, on_tokens) -> list[Completion]:
         model = self.copy if self.copy is not None else hf_module(self.model)
         device = next(model.parameters()).device
         ids_BL, att_BL = left_pad(prompts, self.pad_id)
-        L = ids_BL.shape[1]
         sampler = None if spec.greedy else RowSampler(spec, seeds, device)
-        gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=spec.max_new_tokens,
-                              eos_token_id=list(spec.stop_ids), pad_token_id=self.pad_id, use_cache=True,
-                              return_dict_in_generate=True, output_scores=want_logprobs and spec.greedy)
-        watch = StoppingCriteriaList([_Watch(spec.stop_ids, should_stop, on_tokens)])
-        with eval_mode(model), plain_generation_config(model):
-            out = model.generate(input_ids=ids_BL.to(device), attention_mask=att_BL.to(device),
-                                 generation_config=gc, stopping_criteria=watch,
-                                 logits_processor=LogitsProcessorList([sampler] if sampler else []))
-        new_BT = out.sequences[:, L:]
-        if want_logprobs:  # the distribution sampled from (greedy: the model's own, a point mass being taken)
-            lp_BT = sampler.logprobs_BT() if sampler else torch.stack(
-                [s.float().log_softmax(-1).gather(-1, new_BT[:, i:i + 1]).squeeze(-1)
-                 for i, s in enumerate(out.scores)], 1)
-        result = []
-        for b in range(new_BT.shape[0]):
-            ids = cut_at_stop(new_BT[b].tolist(), spec.stop_ids)
-            result.append(Completion(ids, lp_BT[b, :len(ids)].tolist() if want_logprobs else None))
-        return result
+        with eval_mode(model):
+            tokens, lps = decode(model, ids_BL.to(device), att_BL.to(device), spec, sampler, should_stop, on_tokens)
+        return [Completion(t, lp if want_logprobs else None) for t, lp in zip(tokens, lps)]

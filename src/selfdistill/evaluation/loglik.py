@@ -15,7 +15,6 @@ exactly the packed layout used in training. Log-softmax is taken in float32.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from typing import Sequence
 
@@ -23,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..contexts import render_prompt_ids
-from ..engines import eval_mode, hf_module, left_pad, pad_id
+from ..engines import cache_key, eval_mode, left_pad, pad_id
 from ..models import template_end_of_turn_id
 from ..training.batches import completion_logits, pack
 from .replies import model_device
@@ -92,13 +91,6 @@ def choice_logliks(model, tokenizer, prompts: list[list[dict]], choices_list: li
     return out
 
 
-def _cache_key(model) -> str:
-    """The KV-cache argument/output name: `cache` from transformers 5.20 on, `past_key_values` before (the
-    vLLM extra pins transformers 5.19)."""
-    forward = type(hf_module(model)).forward
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-
-
 def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices: list[list[list[int]]],
                           batch_size: int = 16, progress: str | None = None) -> list[list[float]]:
     """Summed log p(choice tokens | prompt) for several choices per prompt, the prompt run once per item.
@@ -120,9 +112,9 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
                                                         file=sys.stderr, disable=progress is None) as bar:
         for s in range(0, len(prompt_ids), bs):
             items = list(range(s, min(s + bs, len(prompt_ids))))
-            cache_key = _cache_key(model)
+            key = cache_key(model)
             first_logp_BV, cache, att_BL = _prompt_pass(model, [prompt_ids[i] for i in items], pad, device,
-                                                        cache_key)
+                                                        key)
             row_C = [r for r, i in enumerate(items) for _ in choices[i]]
             comps = [c for i in items for c in choices[i]]
             idx_C = torch.tensor(row_C, device=device)
@@ -140,7 +132,7 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
                                                                 device=device)], 1)
                 pos_CT = att_BL[idx_C].sum(-1, keepdim=True) + torch.arange(T - 1, device=device)
                 rest = model(input_ids=ids_CT[:, :-1], attention_mask=att_CL, position_ids=pos_CT,
-                             use_cache=True, **{cache_key: cache})
+                             use_cache=True, **{key: cache})
                 logp_CTV = rest.logits.float().log_softmax(-1)
                 tok_CT = logp_CTV.gather(-1, ids_CT[:, 1:].unsqueeze(-1)).squeeze(-1)
                 sums_C = sums_C + (tok_CT * mask_CT[:, 1:]).sum(-1)
@@ -161,7 +153,7 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
-def _prompt_pass(model, prompts: list[list[int]], pad: int, device, cache_key: str):
+def _prompt_pass(model, prompts: list[list[int]], pad: int, device, key: str):
     """The prompts through the model with a KV cache: their common prefix once (batch 1, its cache repeated per
     prompt), then each prompt's rest, left-padded after the prefix (the attention mask hides the padding, the
     positions skip it). Returns (log-softmax of each prompt's next-token logits [B, V] in float32, the cache,
@@ -170,12 +162,12 @@ def _prompt_pass(model, prompts: list[list[int]], pad: int, device, cache_key: s
     cache_kw = {}
     if P > 0:
         pre = model(input_ids=torch.tensor([prompts[0][:P]], device=device), use_cache=True, logits_to_keep=1)
-        cache = getattr(pre, cache_key)
+        cache = getattr(pre, key)
         cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
-        cache_kw = {cache_key: cache}
+        cache_kw = {key: cache}
     rest_BS, rest_att_BS = left_pad([p[P:] for p in prompts], pad)
     att_BL = torch.cat([torch.ones((len(prompts), P), dtype=rest_att_BS.dtype), rest_att_BS], 1).to(device)
     pos_BS = P + (rest_att_BS.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=rest_BS.to(device), attention_mask=att_BL, position_ids=pos_BS.to(device), use_cache=True,
                 logits_to_keep=1, **cache_kw)
-    return out.logits[:, -1].float().log_softmax(-1), getattr(out, cache_key), att_BL
+    return out.logits[:, -1].float().log_softmax(-1), getattr(out, key), att_BL
