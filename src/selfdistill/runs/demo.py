@@ -1,4 +1,4 @@
-"""`selfdistill demo`: the main job, on the embedded SmolLM2-135M-Instruct, on a 2-core CPU in about 20 minutes.
+"""`selfdistill demo`: the main job, on the embedded SmolLM2-135M-Instruct, on a 2-core CPU in about 11 minutes.
 
   1. probe     does the teacher (demonstration + source fact in context) beat the student on the task?
   2. train     SDFT, and SFT at two learning rates (a tuned baseline, as the paper swept both), same data,
