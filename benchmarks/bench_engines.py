@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Rollout generation by engine: hf (transformers.generate on the live module), hf-bf16 (the same on a bfloat16
-copy, rollout.dtype=bfloat16) and vllm (colocated vLLM), same work.
+"""Rollout generation by engine: hf (selfdistill's decoding loop on the live module), hf-bf16 (the same on a
+bfloat16 copy, rollout.dtype=bfloat16) and vllm (colocated vLLM), same work.
 
 Run with `make bench` (after bench_step.py) or `.venv/bin/python benchmarks/bench_engines.py [--reps 3]`.
 One process, both engines on the same weights, calls alternated (hf, vllm, hf, vllm, ...) so that both see the
@@ -79,23 +79,13 @@ def main() -> None:
             if rep:
                 times[name].append(dt)
             print(f"{'warm-up' if rep == 0 else f'rep {rep}'} {name:7s}: {dt:6.2f} s", flush=True)
-    pushes = []
-    for _ in range(a.reps):
-        t = time.perf_counter()
-        engines["vllm"].sync_weights(model)
-        pushes.append(time.perf_counter() - t)
+    push = {name: median_push(engines[name], model, a.reps) for name in ("vllm", "hf-bf16")}
     n_tok = a.prompts * a.max_new_tokens
     weight_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     bw = read_bandwidth_gbs(torch)
     floor = a.max_new_tokens * weight_gb / bw  # every decode step reads every weight once (lm_head: the embedding)
     print(f"\n# weight-read floor: {a.max_new_tokens} steps x {weight_gb:.2f} GB / {bw:.1f} GB/s (measured read "
           f"bandwidth) = {floor:.2f} s per call")
-    bf16_pushes = []
-    for _ in range(a.reps):
-        t = time.perf_counter()
-        engines["hf-bf16"].sync_weights(model)
-        bf16_pushes.append(time.perf_counter() - t)
-    push = {"vllm": statistics.median(pushes), "hf-bf16": statistics.median(bf16_pushes)}
     own_floor = {"hf-bf16": floor / 2}
     print("\n| engine | generate s (median, min-max) | tokens/s | ms per decode step | x float32 floor | x own floor "
           "| start-up s | weight push s |")
@@ -108,10 +98,20 @@ def main() -> None:
     print(f"\n# load average at start {load0}, at end {tuple(round(x, 2) for x in os.getloadavg())} "
           f"(other processes on this machine inflate times)")
     ratio = statistics.median(times["vllm"]) / statistics.median(times["hf"])
-    print(f"vllm_over_hf_generate={ratio:.2f} vllm_startup_s={startup:.1f} vllm_push_s={statistics.median(pushes):.3f} "
+    print(f"vllm_over_hf_generate={ratio:.2f} vllm_startup_s={startup:.1f} vllm_push_s={push['vllm']:.3f} "
           f"decode_vs_floor={statistics.median(times['hf']) / floor:.2f} "
           f"decode_vs_floor_vllm={statistics.median(times['vllm']) / floor:.2f} "
           f"decode_vs_floor_hf_bf16={statistics.median(times['hf-bf16']) / floor:.2f}")
+
+
+def median_push(engine, model, reps: int) -> float:
+    """Median seconds of `reps` weight pushes (`sync_weights`) into the engine."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        engine.sync_weights(model)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def read_bandwidth_gbs(torch, gb: float = 1.0, reps: int = 5) -> float:

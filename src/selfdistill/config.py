@@ -75,7 +75,7 @@ class RolloutConfig:
     top_k: int = 0  # 0 = off (the paper samples with no top-k)
     vllm_sleep: str = "auto"  # vllm: sleep between rollouts (KV cache freed, weights offloaded); auto = on with CUDA
     vllm_gpu_memory_utilization: float = 0.3  # vllm on a GPU: its share of the device (weights + KV cache)
-    engine: str = "hf"  # hf (transformers.generate on the live weights) | vllm (optional extra; see docs/vllm.md)
+    engine: str = "hf"  # hf (a decoding loop on the live weights) | vllm (optional extra; see docs/vllm.md)
     batch_size: int = 0  # sequences per engine call; 0: all of a process's rollouts for the optimizer step in one call
     dtype: str = "model"  # weights rollouts are sampled with: model (the trainer's) | float32 | bfloat16 (hf: a copy)
 

@@ -29,7 +29,6 @@ The engines (`hf.HFEngine`, `vllm_engine.VLLMEngine`) import this module; it imp
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -145,18 +144,6 @@ def notice_ignored(model, file=None) -> None:
         shown = ", ".join(f"{k}={v}" for k, v in ignored.items())
         print(f"[selfdistill] ignoring the checkpoint's generation_config ({shown}): rollouts and evaluation "
               f"use only selfdistill's settings (rollout.*)", file=file or sys.stderr)
-
-
-@contextlib.contextmanager
-def plain_generation_config(model):
-    """Inside: the module's generation_config is transformers' default, so nothing of the checkpoint's merges."""
-    m = hf_module(model)
-    saved = m.generation_config
-    m.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        m.generation_config = saved
 
 
 class _ModeGuard:

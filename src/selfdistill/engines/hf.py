@@ -68,10 +68,10 @@ def cache_key(model) -> str:
 
 @torch.no_grad()
 def decode(model, ids_BL: torch.Tensor, att_BL: torch.Tensor, spec: SamplingSpec, sampler: RowSampler | None,
-           should_stop=None, on_tokens=None) -> tuple[list[list[int]], list[list[float]]]:
+           should_stop=None, on_tokens=None, want_logprobs: bool = True) -> tuple[list[list[int]], list[list[float]]]:
     """New token ids per row (cut after the first stop id, kept) and each token's log-prob (greedy: under the
-    model's own distribution). Rows leave the batch when they stop; `should_stop()` is polled and `on_tokens(n)`
-    told the rows still decoding once per step."""
+    model's own distribution; left empty for greedy rows without `want_logprobs`). Rows leave the batch when they
+    stop; `should_stop()` is polled and `on_tokens(n)` told the rows still decoding once per step."""
     key, stop = cache_key(model), torch.tensor(sorted(spec.stop_ids), dtype=torch.long, device=ids_BL.device)
     pos_BL = (att_BL.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids_BL, attention_mask=att_BL, position_ids=pos_BL, use_cache=True, logits_to_keep=1)
@@ -83,12 +83,15 @@ def decode(model, ids_BL: torch.Tensor, att_BL: torch.Tensor, spec: SamplingSpec
         logits_AV = out.logits[:, -1]
         if sampler is None:
             tok_A = logits_AV.argmax(-1)
-            lp_A = logits_AV.float().log_softmax(-1).gather(-1, tok_A[:, None]).squeeze(-1)
+            lp_A = logits_AV.float().log_softmax(-1).gather(-1, tok_A[:, None]).squeeze(-1) if want_logprobs \
+                else None
         else:
             tok_A, lp_A = sampler.sample(logits_AV, rows)
-        for r, t, lp in zip(rows, tok_A.tolist(), lp_A.tolist()):
+        for r, t in zip(rows, tok_A.tolist()):
             tokens[r].append(t)
-            lps[r].append(lp)
+        if lp_A is not None:
+            for r, lp in zip(rows, lp_A.tolist()):
+                lps[r].append(lp)
         if on_tokens is not None:
             on_tokens(len(rows))
         if should_stop is not None and should_stop():
@@ -189,5 +192,6 @@ class HFEngine:
         ids_BL, att_BL = left_pad(prompts, self.pad_id)
         sampler = None if spec.greedy else RowSampler(spec, seeds, device)
         with eval_mode(model):
-            tokens, lps = decode(model, ids_BL.to(device), att_BL.to(device), spec, sampler, should_stop, on_tokens)
+            tokens, lps = decode(model, ids_BL.to(device), att_BL.to(device), spec, sampler, should_stop, on_tokens,
+                                 want_logprobs)
         return [Completion(t, lp if want_logprobs else None) for t, lp in zip(tokens, lps)]

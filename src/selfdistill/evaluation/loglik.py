@@ -107,12 +107,11 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
     device = model_device(model)
     pad = pad_id(tokenizer)
     out: list[list[float]] = [[] for _ in prompt_ids]
-    bs = max(1, int(batch_size))
+    bs, key = max(1, int(batch_size)), cache_key(model)
     with eval_mode(model), torch.inference_mode(), tqdm(total=len(prompt_ids), desc=progress, unit="item",
                                                         file=sys.stderr, disable=progress is None) as bar:
         for s in range(0, len(prompt_ids), bs):
             items = list(range(s, min(s + bs, len(prompt_ids))))
-            key = cache_key(model)
             first_logp_BV, cache, att_BL = _prompt_pass(model, [prompt_ids[i] for i in items], pad, device,
                                                         key)
             row_C = [r for r, i in enumerate(items) for _ in choices[i]]
