@@ -153,6 +153,7 @@ def test_a_common_system_prompt_is_run_once_and_changes_no_loglik(tiny_tok, vari
     P = ev.loglik.common_prefix_len(prompts)
     assert P > 15 and calls[0] == (1, P)  # the prefix, once
     assert calls[1] == (4, max(len(p) for p in prompts) - P)  # then only each prompt's own tokens
+    assert sorted(calls[2:]) == [(1, 2), (2, 1)]  # later choice tokens, one pass per length: no padding run
     flat_p = [p for p, cs in zip(prompts, choices) for _ in cs]
     want = ev.sequence_logliks(varied, tok, flat_p, [c for cs in choices for c in cs], batch_size=8)
     assert [v for r in got for v in r] == pytest.approx(want, abs=1e-4)

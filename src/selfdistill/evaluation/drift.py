@@ -76,7 +76,7 @@ def mean_token_kl(p_model, p_prompts: list[list[int]], q_model, q_prompts: list[
 
 
 def drift_kl(base_model, tuned_model, tokenizer, prompts: Sequence[str | list[dict]] | None = None,
-             max_new_tokens: int = 32, batch_size: int = 8) -> float:
+             max_new_tokens: int = 32, batch_size: int = 32) -> float:
     """Mean per-token KL(base ‖ tuned) over the full vocabulary on the base model's greedy completions.
 
     `prompts` are strings (one user turn) or chat message lists; default :data:`DRIFT_PROMPTS`. The completions
@@ -99,24 +99,26 @@ class DriftReference:
 
 @torch.no_grad()
 def drift_reference(base_model, tokenizer, prompts: Sequence[str | list[dict]] | None = None,
-                    max_new_tokens: int = 32, batch_size: int = 8) -> DriftReference:
+                    max_new_tokens: int = 32, batch_size: int = 32) -> DriftReference:
     prompts = DRIFT_PROMPTS if prompts is None else prompts
     msgs = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     ids = [render_prompt_ids(tokenizer, m) for m in msgs]
     comps = greedy_ids(base_model, tokenizer, ids, max_new_tokens, batch_size)
-    pad, out = pad_id(tokenizer), []
+    pad, out = pad_id(tokenizer), [torch.empty(0) for _ in ids]
+    order = [i for i in range(len(ids)) if comps[i]]
+    bs = max(1, int(batch_size))
     with eval_mode(base_model):
-        for p, c in zip(ids, comps):
-            if not c:
-                out.append(torch.empty(0))
-                continue
-            b = pack([p], [c], pad, model_device(base_model))
-            out.append(completion_logits(base_model, b).float().log_softmax(-1)[0].cpu())
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            b = pack([ids[i] for i in idx], [comps[i] for i in idx], pad, model_device(base_model))
+            logp_BTV = completion_logits(base_model, b).float().log_softmax(-1).cpu()
+            for row, i in enumerate(idx):  # a completion fills the first len(comps[i]) positions of its row
+                out[i] = logp_BTV[row, :len(comps[i])].clone()
     return DriftReference(ids, comps, out, pad)
 
 
 @torch.no_grad()
-def drift_from_reference(ref: DriftReference, tuned_model, batch_size: int = 8) -> float:
+def drift_from_reference(ref: DriftReference, tuned_model, batch_size: int = 32) -> float:
     """drift_kl(base, tuned) with the base's side taken from `ref`: mean per-token KL(base ‖ tuned)."""
     total, count = 0.0, 0
     order = [i for i in sorted(range(len(ref.completions)), key=lambda i: -len(ref.completions[i]))

@@ -15,6 +15,7 @@ exactly the packed layout used in training. Log-softmax is taken in float32.
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Sequence
 
@@ -96,9 +97,9 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
     """Summed log p(choice tokens | prompt) for several choices per prompt, the prompt run once per item.
 
     Equal to :func:`sequence_logliks` on every (prompt, choice) pair (tested), about #choices times cheaper: the
-    prompts of `batch_size` items go through the model once (KV cache kept), the cache is repeated per choice, and
-    only the choice tokens are run on top of it. The prompts' common prefix (a chat template's system prompt) is
-    run once per batch (`_prompt_pass`).
+    prompts of `batch_size` items (longest first) go through the model once (KV cache kept) and the choices'
+    later tokens are run on top of their prompt's cache (`_choice_sums`). The prompts' common prefix (a chat
+    template's system prompt) is run once per batch (`_prompt_pass`).
     """
     if len(prompt_ids) != len(choices):
         raise ValueError(f"{len(prompt_ids)} prompts for {len(choices)} choice lists")
@@ -107,40 +108,47 @@ def shared_prompt_logliks(model, tokenizer, prompt_ids: list[list[int]], choices
     device = model_device(model)
     pad = pad_id(tokenizer)
     out: list[list[float]] = [[] for _ in prompt_ids]
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))  # less padding per batch
     bs, key = max(1, int(batch_size)), cache_key(model)
     with eval_mode(model), torch.inference_mode(), tqdm(total=len(prompt_ids), desc=progress, unit="item",
                                                         file=sys.stderr, disable=progress is None) as bar:
-        for s in range(0, len(prompt_ids), bs):
-            items = list(range(s, min(s + bs, len(prompt_ids))))
-            first_logp_BV, cache, att_BL = _prompt_pass(model, [prompt_ids[i] for i in items], pad, device,
-                                                        key)
+        for s in range(0, len(order), bs):
+            items = order[s:s + bs]
+            first_logp_BV, cache, att_BL = _prompt_pass(model, [prompt_ids[i] for i in items], pad, device, key)
             row_C = [r for r, i in enumerate(items) for _ in choices[i]]
-            comps = [c for i in items for c in choices[i]]
-            idx_C = torch.tensor(row_C, device=device)
-            cache.batch_select_indices(idx_C)  # one copy of its prompt's cache per choice
-            T = max(len(c) for c in comps)
-            ids_CT = torch.full((len(comps), T), pad, dtype=torch.long)
-            mask_CT = torch.zeros((len(comps), T))
-            for k, c in enumerate(comps):
-                ids_CT[k, :len(c)] = torch.tensor(c)
-                mask_CT[k, :len(c)] = 1
-            ids_CT, mask_CT = ids_CT.to(device), mask_CT.to(device)
-            sums_C = first_logp_BV[idx_C].gather(-1, ids_CT[:, :1]).squeeze(-1)  # first choice token
-            if T > 1:
-                att_CL = torch.cat([att_BL[idx_C], torch.ones((len(comps), T - 1), dtype=att_BL.dtype,
-                                                                device=device)], 1)
-                pos_CT = att_BL[idx_C].sum(-1, keepdim=True) + torch.arange(T - 1, device=device)
-                rest = model(input_ids=ids_CT[:, :-1], attention_mask=att_CL, position_ids=pos_CT,
-                             use_cache=True, **{key: cache})
-                logp_CTV = rest.logits.float().log_softmax(-1)
-                tok_CT = logp_CTV.gather(-1, ids_CT[:, 1:].unsqueeze(-1)).squeeze(-1)
-                sums_C = sums_C + (tok_CT * mask_CT[:, 1:]).sum(-1)
+            sums_C = _choice_sums(model, key, first_logp_BV, cache, att_BL, row_C,
+                                  [c for i in items for c in choices[i]])
             k = 0
             for i in items:
-                out[i] = [float(v) for v in sums_C[k:k + len(choices[i])]]
+                out[i] = sums_C[k:k + len(choices[i])]
                 k += len(choices[i])
             bar.update(len(items))
     return out
+
+
+def _choice_sums(model, key: str, first_logp_BV: torch.Tensor, cache, att_BL: torch.Tensor, row_C: list[int],
+                 comps: list[list[int]]) -> list[float]:
+    """Summed log-probs of each choice (`comps[c]`, the choice of prompt row `row_C[c]`): its first token from the
+    prompt pass, its later tokens from one forward pass per choice length over a copy of the prompt cache, rows
+    repeated per choice. Grouping by length runs no padding (most choices are one or two tokens long)."""
+    device = first_logp_BV.device
+    first_C = torch.tensor([c[0] for c in comps], device=device)
+    sums = first_logp_BV[torch.tensor(row_C, device=device), first_C].tolist()
+    lengths = sorted({len(c) for c in comps if len(c) > 1})
+    for n, T in enumerate(lengths):
+        group = [k for k, c in enumerate(comps) if len(c) == T]
+        idx_G = torch.tensor([row_C[k] for k in group], device=device)
+        cache_G = cache if n == len(lengths) - 1 else copy.deepcopy(cache)  # the last group may use it up
+        cache_G.batch_select_indices(idx_G)  # one copy of its prompt's cache per choice
+        ids_GT = torch.tensor([comps[k] for k in group], device=device)
+        att_GL = torch.cat([att_BL[idx_G], att_BL.new_ones((len(group), T - 1))], 1)
+        pos_GT = att_BL[idx_G].sum(-1, keepdim=True) + torch.arange(T - 1, device=device)
+        logits_GTV = model(input_ids=ids_GT[:, :-1], attention_mask=att_GL, position_ids=pos_GT, use_cache=True,
+                           **{key: cache_G}).logits.float()
+        tok_GT = logits_GTV.gather(-1, ids_GT[:, 1:, None]).squeeze(-1) - logits_GTV.logsumexp(-1)
+        for k, v in zip(group, tok_GT.sum(-1).tolist()):
+            sums[k] += v
+    return sums
 
 
 def common_prefix_len(seqs: list[list[int]]) -> int:
