@@ -24,7 +24,7 @@ from selfdistill.metrics import wilson_interval
 from selfdistill.config import ContextConfig
 from selfdistill.contexts import render_prompt_ids, teacher_messages
 from selfdistill.data import Example
-from selfdistill.tasks import get_task
+from selfdistill.tasks import get_task, user_task
 from selfdistill.tasks.base import Task, mc_correct
 
 PROMPTS = ["What is the capital of France?", "Hi", "12 + 7 = 19. The capital of Peru is Lima. What is the answer?",
@@ -184,6 +184,14 @@ def test_evaluate_task_generate_counts_like_an_independent_count(tiny_tok, varie
     assert tuple(r["ci95"]) == wilson_interval(sum(want), 4)  # the interval of this count (its values: test_metrics)
     assert r["items"][0]["id"] == "x0" and r["items"][0]["reference"] == "demo 0"
     assert ev.evaluate_task(varied, tok, task, limit=2)["n"] == 2
+
+
+def test_a_file_task_is_evaluated_with_its_budget_tightened_for_the_tokenizer(tiny_tok, varied, tmp_path):
+    recs = [{"prompt": f"Code of {i}?", "demonstration": f"It is C{i}.", "answer": f"C{i}"} for i in range(4)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    task = user_task(tmp_path / "c.jsonl", scorer="contains_word")
+    r = ev.evaluate_task(varied, tiny_tok, task)
+    assert task.max_new_tokens == 64 and "max_new_tokens=32)" in r["scoring"]  # 2 x 7 tokens, at least 32
 
 
 def test_evaluate_task_multiple_choice_counts_like_an_independent_count(tiny_tok, varied):

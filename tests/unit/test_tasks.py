@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, write_records
-from selfdistill.tasks import Task, get_task, mc_correct, task_from_spec, task_names, user_task
+from selfdistill.tasks import (Task, get_task, mc_correct, task_from_spec, task_names, user_task,
+                              with_token_budget)
 from selfdistill.tasks import knowledge, paper, retention, tooluse
 
 def find_paper_data() -> Path | None:
@@ -252,6 +253,21 @@ def test_a_file_tasks_generation_budget_comes_from_its_demonstrations(tmp_path):
     assert user_task(write_records(tmp_path / "h.jsonl", huge), scorer="contains_word").max_new_tokens == 1024
     assert task_from_spec(f"{tmp_path / 'l.jsonl'}@scorer=contains_word,max_new_tokens=40").max_new_tokens == 40
     assert task_from_spec(f"{tmp_path / 'l.jsonl'}@scorer=contains_word").max_new_tokens == 305
+
+
+def test_a_file_tasks_budget_is_tightened_to_twice_its_longest_demonstration_in_tokens(tmp_path, tiny_tok):
+    recs = [{"prompt": f"Code of {i}?", "demonstration": "It is C" + "x" * i + ".", "answer": "C"} for i in range(16)]
+    t = user_task(write_records(tmp_path / "s.jsonl", recs), scorer="contains_word", n_test=5)
+    longest = max(len(tiny_tok(ex.demonstration, add_special_tokens=False)["input_ids"]) for ex in t.train + t.test)
+    got = with_token_budget(t, tiny_tok)
+    assert 16 < longest and got.max_new_tokens == 2 * longest < t.max_new_tokens == 64  # 64: the bytes bound
+    assert got.test == t.test and got.info["max_new_tokens_from"] == f"twice the longest demonstration ({longest} tokens)"
+    tiny = user_task(write_records(tmp_path / "t.jsonl", recs[:2]), scorer="contains_word")
+    assert with_token_budget(tiny, tiny_tok).max_new_tokens == 32  # at least 32
+    chosen = task_from_spec(f"{tmp_path / 's.jsonl'}@scorer=contains_word,max_new_tokens=40")
+    assert with_token_budget(chosen, tiny_tok) is chosen  # the user's budget stands
+    builtin = get_task("knowledge", n_train=4)
+    assert with_token_budget(builtin, tiny_tok) is builtin
 
 
 def test_user_task_other_scorers(tmp_path):

@@ -11,6 +11,7 @@ from ..contexts import render_prompt_ids
 from ..data import Example
 from ..engines import greedy_completions as greedy_ids
 from ..metrics import wilson_interval
+from ..tasks import with_token_budget
 from ..tasks.base import mc_correct, mc_predicted_index
 from .loglik import choice_logliks
 from .replies import decode_completion, resolve_strip_thinking, scored_text
@@ -65,7 +66,9 @@ def evaluate_tasks(model, tokenizer, tasks: dict, split: str = "test", batch_siz
     2x of each other in one greedy engine call (prompts longest first in batches of `batch_size`, whatever their
     task: fewer decode steps than task by task; each reply cut at its task's budget), every multiple-choice item
     in one log-likelihood pass. Returns {label:
-    evaluate_task's result for that task}, the same records as task by task (greedy decoding per item)."""
+    evaluate_task's result for that task}, the same records as task by task (greedy decoding per item). A file
+    task's derived budget is tightened for `tokenizer` first (`tasks.with_token_budget`)."""
+    tasks = {k: (with_token_budget(t, tokenizer), lim) for k, (t, lim) in tasks.items()}
     items = {k: _select(t, split, lim) for k, (t, lim) in tasks.items()}
     gen = [k for k, (t, _) in tasks.items() if t.kind != "multiple_choice"]
     mc = [k for k, (t, _) in tasks.items() if t.kind == "multiple_choice"]

@@ -14,6 +14,7 @@ from ..contexts import render_prompt_ids, teacher_messages
 from ..data import DataError, Example
 from ..engines import greedy_completions as greedy_ids
 from ..engines import pad_id
+from ..tasks import with_token_budget
 from ..tasks.scorers import exact_match
 from .accuracy import item_id, reference, short, summary
 from .drift import mean_token_kl
@@ -68,7 +69,7 @@ def probe(model, tokenizer, task_or_examples, ctx: ContextConfig | None = None, 
         examples = list(task.train)
         name = task.name
         scorer = scorer or task.score
-        mnt = max_new_tokens or task.max_new_tokens
+        mnt = max_new_tokens or with_token_budget(task, tokenizer).max_new_tokens
     if not examples:
         raise no_demonstrations(name)
     if limit and limit > 0:

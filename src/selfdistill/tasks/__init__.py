@@ -24,6 +24,7 @@ options ``scorer``, ``test`` (a separate test file), ``split`` (a fraction or a 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import random
@@ -36,7 +37,8 @@ from selfdistill.tasks.base import Task, check_mc_example, mc_correct, mc_predic
 from selfdistill.tasks.scorers import contains_word, exact_match, function_call_match, regex_match
 
 __all__ = ["Task", "get_task", "user_task", "task_names", "mc_correct", "mc_predicted_index", "USER_SCORERS",
-           "load_training_examples", "parse_task_spec", "task_from_spec", "check_scorer_fields"]
+           "load_training_examples", "parse_task_spec", "task_from_spec", "check_scorer_fields",
+           "with_token_budget"]
 
 
 _TASKS: dict[str, Callable[..., Task]] = {
@@ -137,6 +139,24 @@ def generation_budget(examples: list) -> int:
     return min(FILE_BUDGET_MAX, max(FILE_BUDGET_MIN, longest))
 
 
+TOKEN_BUDGET_MIN = 32
+
+
+def with_token_budget(task: Task, tokenizer) -> Task:
+    """`task` with its generation budget tightened for the evaluating model's tokenizer, when the budget was derived
+    from its demonstrations (a file task without ``max_new_tokens=``): twice its longest demonstration in tokens,
+    at least 32, at most the byte bound of :func:`generation_budget`. A reply as long as any demonstration fits
+    twice over; a rambling one stops there (on the README's two user files: 44 and 50 tokens instead of 64 and
+    72). Any other task is returned unchanged."""
+    demos = [ex.demonstration for ex in [*task.train, *task.test] if ex.demonstration]
+    if task.info.get("max_new_tokens_from") != "longest demonstration" or not demos:
+        return task
+    longest = max(len(ids) for ids in tokenizer(demos, add_special_tokens=False)["input_ids"])
+    budget = min(task.max_new_tokens, max(TOKEN_BUDGET_MIN, 2 * longest))
+    return dataclasses.replace(task, max_new_tokens=budget, info={
+        **task.info, "max_new_tokens_from": f"twice the longest demonstration ({longest} tokens)"})
+
+
 def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | Path | None = None,
               n_test: int | None = None, test_fraction: float = 0.2, seed: int = 0, name: str | None = None,
               max_new_tokens: int | None = None, description: str = "") -> Task:
@@ -154,7 +174,7 @@ def user_task(data_path: str | Path, scorer: str = "exact", *, test_path: str | 
     Split: `test_path` gives the test set (all of `data_path` trains); otherwise the records are shuffled with
     `seed` and ``n_test`` (or ``round(test_fraction * N)``, at least 1 when N > 1) go to test.
     `max_new_tokens`: the generation budget when evaluating; None derives it from the demonstrations
-    (:func:`generation_budget`).
+    (:func:`generation_budget`, tightened per tokenizer by :func:`with_token_budget` when evaluating).
     """
     if scorer not in _USER_SCORER_FNS:
         close = difflib.get_close_matches(str(scorer), USER_SCORERS, n=1)
