@@ -6,15 +6,17 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from families import FAMILIES, build_family, build_family_model, build_family_tokenizer
 from helpers import examples
 import selfdistill.evaluation as ev
 from selfdistill.contexts import render_prompt_ids
-from selfdistill.engines import greedy_completions
+from selfdistill.engines import greedy_completions, pad_id
 from selfdistill.config import ContextConfig, DataConfig, load_config
 from selfdistill.contexts import encode_examples
 from selfdistill.models import ModelError, end_of_turn_ids, set_chat_special_tokens
+from selfdistill.training.batches import completion_logits, pack
 
 NAMES = sorted(FAMILIES)
 
@@ -119,6 +121,21 @@ def test_multiple_choice_logliks_with_a_shared_prefix_and_cache_equal_full_seque
     flat_p = [p for p, cs in zip(prompts, choices) for _ in cs]
     want = ev.sequence_logliks(model, tok, flat_p, [c for cs in choices for c in cs], batch_size=8)
     assert [v for r in got for v in r] == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_completion_logprobs_on_a_shared_prefix_and_cache_equal_full_sequences(name):
+    """Drift's scoring on each architecture's cache: prompts' common prefix once, completions of uneven lengths
+    right-padded on top of the cache, equal to one packed full forward pass."""
+    tok, model = build_family(name)
+    prompts = [render_prompt_ids(tok, ex.prompt) for ex in examples(3)]
+    comps = [[5, 6, 7, 8], [42], [3, 9]]
+    got = ev.completion_logprobs(model, prompts, comps, pad_id(tok))
+    with torch.no_grad():
+        want = completion_logits(model, pack(prompts, comps, pad_id(tok), "cpu")).float().log_softmax(-1)
+    assert [g.shape[0] for g in got] == [4, 1, 2]
+    for b, g in enumerate(got):
+        torch.testing.assert_close(g, want[b, :len(comps[b])], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from .accuracy import evaluate_task, evaluate_tasks, item_group, item_table
 from .drift import DRIFT_PROMPTS, DriftReference, drift_from_reference, drift_kl, drift_reference, mean_token_kl
-from .loglik import choice_logliks, sequence_logliks, shared_prompt_logliks
+from .loglik import choice_logliks, completion_logprobs, sequence_logliks, shared_prompt_logliks
 from .probe import format_probe, probe, probe_verdict
 from .replies import answer_ids, generate_greedy, resolve_strip_thinking, scored_text
 
 __all__ = ["DRIFT_PROMPTS", "DriftReference", "drift_from_reference", "drift_reference", "answer_ids", "choice_logliks", "drift_kl", "evaluate_task", "evaluate_tasks", "item_table", "format_probe",
            "generate_greedy", "item_group", "mean_token_kl", "probe", "probe_verdict", "resolve_strip_thinking",
-           "scored_text", "sequence_logliks", "shared_prompt_logliks"]
+           "scored_text", "sequence_logliks", "shared_prompt_logliks", "completion_logprobs"]

@@ -16,6 +16,7 @@ from ..engines import eval_mode, pad_id
 from ..engines import greedy_completions as greedy_ids
 from ..losses import divergence_from_logprobs
 from ..training.batches import completion_logits, pack
+from .loglik import completion_logprobs
 from .replies import model_device
 
 
@@ -107,13 +108,11 @@ def drift_reference(base_model, tokenizer, prompts: Sequence[str | list[dict]] |
     pad, out = pad_id(tokenizer), [torch.empty(0) for _ in ids]
     order = [i for i in range(len(ids)) if comps[i]]
     bs = max(1, int(batch_size))
-    with eval_mode(base_model):
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
-            b = pack([ids[i] for i in idx], [comps[i] for i in idx], pad, model_device(base_model))
-            logp_BTV = completion_logits(base_model, b).float().log_softmax(-1).cpu()
-            for row, i in enumerate(idx):  # a completion fills the first len(comps[i]) positions of its row
-                out[i] = logp_BTV[row, :len(comps[i])].clone()
+    for s in range(0, len(order), bs):
+        idx = order[s:s + bs]
+        for i, logp_TV in zip(idx, completion_logprobs(base_model, [ids[i] for i in idx], [comps[i] for i in idx],
+                                                        pad)):
+            out[i] = logp_TV
     return DriftReference(ids, comps, out, pad)
 
 
@@ -124,15 +123,12 @@ def drift_from_reference(ref: DriftReference, tuned_model, batch_size: int = 32)
     order = [i for i in sorted(range(len(ref.completions)), key=lambda i: -len(ref.completions[i]))
              if ref.completions[i]]
     bs = max(1, int(batch_size))
-    with eval_mode(tuned_model):
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
-            bq = pack([ref.prompt_ids[i] for i in idx], [ref.completions[i] for i in idx], ref.pad_id,
-                      model_device(tuned_model))
-            lq_BTV = completion_logits(tuned_model, bq).float().log_softmax(-1).cpu()
-            for row, i in enumerate(idx):
-                n = len(ref.completions[i])  # a completion fills the first n positions of its row
-                kl = divergence_from_logprobs(lq_BTV[row, :n], ref.base_logprobs[i], "forward_kl").clamp(min=0.0)
-                total += float(kl.sum())
-                count += n
+    for s in range(0, len(order), bs):
+        idx = order[s:s + bs]
+        tuned = completion_logprobs(tuned_model, [ref.prompt_ids[i] for i in idx],
+                                    [ref.completions[i] for i in idx], ref.pad_id)
+        for i, lq_TV in zip(idx, tuned):
+            kl = divergence_from_logprobs(lq_TV, ref.base_logprobs[i], "forward_kl").clamp(min=0.0)
+            total += float(kl.sum())
+            count += len(ref.completions[i])
     return total / count if count else float("nan")

@@ -151,6 +151,31 @@ def _choice_sums(model, key: str, first_logp_BV: torch.Tensor, cache, att_BL: to
     return sums
 
 
+@torch.no_grad()
+def completion_logprobs(model, prompt_ids: list[list[int]], completions: list[list[int]], pad: int
+                        ) -> list[torch.Tensor]:
+    """Each pair's full next-token log-softmax at every completion position, ``[len(completion), V]`` float32 on
+    CPU: the same numbers as `completion_logits` on the packed pairs (tested), with the prompts' common prefix
+    run once (`_prompt_pass`) and the completions run on top of the prompts' cache, right-padded (a padded
+    position comes after every real one, so it changes none)."""
+    device, key = model_device(model), cache_key(model)
+    with eval_mode(model), torch.inference_mode():
+        first_logp_BV, cache, att_BL = _prompt_pass(model, prompt_ids, pad, device, key)
+        T = max(len(c) for c in completions)
+        logp_BTV = first_logp_BV[:, None]
+        if T > 1:
+            ids_BT = torch.full((len(completions), T - 1), pad, dtype=torch.long)
+            for b, c in enumerate(completions):
+                ids_BT[b, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+            pos_BT = att_BL.sum(-1, keepdim=True) + torch.arange(T - 1, device=device)
+            att_BL = torch.cat([att_BL, att_BL.new_ones((len(completions), T - 1))], 1)
+            rest = model(input_ids=ids_BT.to(device), attention_mask=att_BL, position_ids=pos_BT, use_cache=True,
+                         **{key: cache})
+            logp_BTV = torch.cat([logp_BTV, rest.logits.float().log_softmax(-1)], 1)
+        logp_BTV = logp_BTV.cpu()
+    return [logp_BTV[b, :len(c)].clone() for b, c in enumerate(completions)]
+
+
 def common_prefix_len(seqs: list[list[int]]) -> int:
     """The length of the longest prefix every sequence starts with."""
     n = min(len(x) for x in seqs)

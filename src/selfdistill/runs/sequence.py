@@ -81,16 +81,21 @@ def run_sequence(task_specs: list, methods: list[MethodSpec], opts: SequenceOpti
 
 
 def _measure_base(ctx: StageContext, base_eval: dict | None) -> dict:
-    """The base model's evaluation (unless a previous start saved it) and its side of drift, on the accelerator
-    when there is one; then the base goes back to CPU, where it stays: it is only copied from (each run's first
-    stage), so the accelerator holds no base model while the stages train and evaluate."""
+    """The base model's evaluation (unless a previous start saved it) and its side of drift (its time counted in
+    the base evaluation's), on the accelerator when there is one; then the base goes back to CPU, where it stays:
+    it is only copied from (each run's first stage), so the accelerator holds no base model while the stages train
+    and evaluate."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = ctx.base_model.to(device)
     try:
-        if base_eval is None:
+        fresh = base_eval is None
+        if fresh:
             base_eval = evaluate_stage(ctx, base, ctx.tasks, drift=False, also_eval=ctx.also_eval)
         if ctx.opts.drift:
+            t0 = time.perf_counter()
             ctx.drift_ref = drift_reference(base, ctx.tokenizer, DRIFT_PROMPTS[:ctx.opts.drift_prompts or None])
+            if fresh:
+                base_eval["seconds"] += time.perf_counter() - t0
     finally:
         ctx.base_model = base.to("cpu")
     return base_eval
