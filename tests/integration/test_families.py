@@ -12,7 +12,7 @@ from families import FAMILIES, build_family, build_family_model, build_family_to
 from helpers import examples
 import selfdistill.evaluation as ev
 from selfdistill.contexts import render_prompt_ids
-from selfdistill.engines import greedy_completions, pad_id
+from selfdistill.engines import greedy_completions, inference_model, left_pad, pad_id
 from selfdistill.config import ContextConfig, DataConfig, load_config
 from selfdistill.contexts import encode_examples
 from selfdistill.models import ModelError, end_of_turn_ids, set_chat_special_tokens
@@ -136,6 +136,26 @@ def test_completion_logprobs_on_a_shared_prefix_and_cache_equal_full_sequences(n
     assert [g.shape[0] for g in got] == [4, 1, 2]
     for b, g in enumerate(got):
         torch.testing.assert_close(g, want[b, :len(comps[b])], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_packed_evaluation_copy_gives_the_same_logits_and_greedy_tokens(name):
+    """Evaluation on CPU runs a copy whose linear layers are oneDNN's (engines.packed_copy): the same numbers up
+    to float32 rounding and the same greedy tokens on every architecture; bf16 weights get no copy."""
+    tok, model = build_family(name)
+    prompts = [render_prompt_ids(tok, ex.prompt) for ex in examples(3)]
+    with inference_model(model) as packed:
+        assert packed is not model and any(isinstance(m, torch.utils.mkldnn.MkldnnLinear) for m in packed.modules())
+        ids_BL, att_BL = left_pad(prompts, pad_id(tok))
+        with torch.no_grad():
+            want, got = model(input_ids=ids_BL, attention_mask=att_BL).logits, packed(
+                input_ids=ids_BL, attention_mask=att_BL).logits
+        torch.testing.assert_close(got[att_BL.bool()], want[att_BL.bool()], atol=1e-5, rtol=1e-5)
+        assert greedy_completions(packed, tok, prompts, 8) == greedy_completions(model, tok, prompts, 8)
+        with inference_model(packed) as again:
+            assert again is packed  # packed once
+    with inference_model(model.to(torch.bfloat16)) as same:
+        assert same is model
 
 
 @pytest.mark.parametrize("name", NAMES)

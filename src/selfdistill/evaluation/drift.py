@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from ..contexts import render_prompt_ids
-from ..engines import eval_mode, pad_id
+from ..engines import eval_mode, inference_model, pad_id
 from ..engines import greedy_completions as greedy_ids
 from ..losses import divergence_from_logprobs
 from ..training.batches import completion_logits, pack
@@ -104,15 +104,16 @@ def drift_reference(base_model, tokenizer, prompts: Sequence[str | list[dict]] |
     prompts = DRIFT_PROMPTS if prompts is None else prompts
     msgs = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     ids = [render_prompt_ids(tokenizer, m) for m in msgs]
-    comps = greedy_ids(base_model, tokenizer, ids, max_new_tokens, batch_size)
     pad, out = pad_id(tokenizer), [torch.empty(0) for _ in ids]
-    order = [i for i in range(len(ids)) if comps[i]]
     bs = max(1, int(batch_size))
-    for s in range(0, len(order), bs):
-        idx = order[s:s + bs]
-        for i, logp_TV in zip(idx, completion_logprobs(base_model, [ids[i] for i in idx], [comps[i] for i in idx],
-                                                        pad)):
-            out[i] = logp_TV
+    with inference_model(base_model) as base:
+        comps = greedy_ids(base, tokenizer, ids, max_new_tokens, batch_size)
+        order = [i for i in range(len(ids)) if comps[i]]
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            for i, logp_TV in zip(idx, completion_logprobs(base, [ids[i] for i in idx], [comps[i] for i in idx],
+                                                            pad)):
+                out[i] = logp_TV
     return DriftReference(ids, comps, out, pad)
 
 
@@ -123,12 +124,13 @@ def drift_from_reference(ref: DriftReference, tuned_model, batch_size: int = 32)
     order = [i for i in sorted(range(len(ref.completions)), key=lambda i: -len(ref.completions[i]))
              if ref.completions[i]]
     bs = max(1, int(batch_size))
-    for s in range(0, len(order), bs):
-        idx = order[s:s + bs]
-        tuned = completion_logprobs(tuned_model, [ref.prompt_ids[i] for i in idx],
-                                    [ref.completions[i] for i in idx], ref.pad_id)
-        for i, lq_TV in zip(idx, tuned):
-            kl = divergence_from_logprobs(lq_TV, ref.base_logprobs[i], "forward_kl").clamp(min=0.0)
-            total += float(kl.sum())
-            count += len(ref.completions[i])
+    with inference_model(tuned_model) as tuned_model:
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            tuned = completion_logprobs(tuned_model, [ref.prompt_ids[i] for i in idx],
+                                        [ref.completions[i] for i in idx], ref.pad_id)
+            for i, lq_TV in zip(idx, tuned):
+                kl = divergence_from_logprobs(lq_TV, ref.base_logprobs[i], "forward_kl").clamp(min=0.0)
+                total += float(kl.sum())
+                count += len(ref.completions[i])
     return total / count if count else float("nan")

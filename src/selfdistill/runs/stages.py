@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, flatten, importance_weights_default, load_config, to_dict
+from ..engines import inference_model
 from ..evaluation import DriftReference, drift_from_reference, evaluate_tasks, item_table
 from ..methods import MethodSpec
 from ..models import load_model
@@ -52,13 +53,14 @@ def evaluate_stage(ctx: StageContext, model, tasks: list[Task], *, drift: bool, 
     on, e.g. the other phrasings of the knowledge questions)."""
     t0 = time.perf_counter()
     tok, limit, bs = ctx.tokenizer, ctx.opts.eval_limit, ctx.opts.batch_size
-    res = evaluate_tasks(model, tok, {**{("task", t.name): (t, limit) for t in tasks},
-                                      ("retention", ""): (ctx.retention, 0),
-                                      **{("also", k): (t, limit) for k, t in also_eval.items()}}, "test", bs)
+    with inference_model(model) as model:  # one packed copy for both (engines.packed_copy)
+        res = evaluate_tasks(model, tok, {**{("task", t.name): (t, limit) for t in tasks},
+                                          ("retention", ""): (ctx.retention, 0),
+                                          **{("also", k): (t, limit) for k, t in also_eval.items()}}, "test", bs)
+        kl = drift_from_reference(ctx.drift_ref, model) if drift and ctx.drift_ref is not None else 0.0
     accs = {t.name: res["task", t.name] for t in tasks}
     ret = res["retention", ""]
     also = {k: res["also", k] for k in also_eval}
-    kl = drift_from_reference(ctx.drift_ref, model) if drift and ctx.drift_ref is not None else 0.0
     by_label = {**{t.name: (t, accs[t.name]) for t in tasks}, **{k: (t, also[k]) for k, t in also_eval.items()}}
     tables = {k: tab for k, (t, r) in by_label.items() if (tab := item_table(t, r)) is not None}
     return {"tasks": {k: _acc(v) for k, v in accs.items()},
