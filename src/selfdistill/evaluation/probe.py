@@ -13,7 +13,7 @@ from ..config import ContextConfig
 from ..contexts import render_prompt_ids, teacher_messages
 from ..data import DataError, Example
 from ..engines import greedy_completions as greedy_ids
-from ..engines import pad_id
+from ..engines import inference_model, pad_id
 from ..tasks import with_token_budget
 from ..tasks.scorers import exact_match
 from .accuracy import item_id, reference, short, summary
@@ -54,8 +54,16 @@ def probe(model, tokenizer, task_or_examples, ctx: ContextConfig | None = None, 
     greedily (up to `max_new_tokens`, default the task's). `kl_teacher_student` is the mean per-token
     KL(teacher ‖ student) over the full vocabulary on the student's greedy rollouts (every completion token,
     none skipped), teacher-forced under the teacher context and the student context. `strip_thinking` as in
-    :func:`evaluate_task` (both sides' replies are scored without their reasoning blocks).
+    :func:`evaluate_task` (both sides' replies are scored without their reasoning blocks). On CPU the model runs
+    as its `engines.packed_copy`, as in evaluation.
     """
+    with inference_model(model) as model:
+        return _probe(model, tokenizer, task_or_examples, ctx, limit, batch_size, max_new_tokens, scorer,
+                      n_examples, strip_thinking)
+
+
+def _probe(model, tokenizer, task_or_examples, ctx, limit, batch_size, max_new_tokens, scorer, n_examples,
+           strip_thinking) -> dict:
     ctx = ctx or ContextConfig()
     if isinstance(task_or_examples, (list, tuple)):
         examples = list(task_or_examples)
