@@ -170,13 +170,10 @@ def _available_bytes() -> int:
 
 @contextlib.contextmanager
 def inference_model(model):
-    """The model to evaluate with: its `packed_copy` for the duration (freed after), or the model itself where
-    there is none or it is a packed copy already."""
+    """The model to evaluate with inside the block: its `packed_copy`, or the model itself where there is none or
+    it is a packed copy already. The copy is held by nothing else, so it goes once the caller lets go of it."""
     packed = None if getattr(model, "selfdistill_packed", False) else packed_copy(model)
-    try:
-        yield packed if packed is not None else model
-    finally:
-        del packed
+    yield packed if packed is not None else model
 
 
 class HFEngine:

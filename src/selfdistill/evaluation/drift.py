@@ -104,33 +104,37 @@ def drift_reference(base_model, tokenizer, prompts: Sequence[str | list[dict]] |
     prompts = DRIFT_PROMPTS if prompts is None else prompts
     msgs = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     ids = [render_prompt_ids(tokenizer, m) for m in msgs]
-    pad, out = pad_id(tokenizer), [torch.empty(0) for _ in ids]
-    bs = max(1, int(batch_size))
+    pad = pad_id(tokenizer)
     with inference_model(base_model) as base:
         comps = greedy_ids(base, tokenizer, ids, max_new_tokens, batch_size)
-        order = [i for i in range(len(ids)) if comps[i]]
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
-            for i, logp_TV in zip(idx, completion_logprobs(base, [ids[i] for i in idx], [comps[i] for i in idx],
-                                                            pad)):
-                out[i] = logp_TV
+        out = _batched_logprobs(base, ids, comps, pad, batch_size)
     return DriftReference(ids, comps, out, pad)
 
 
 @torch.no_grad()
 def drift_from_reference(ref: DriftReference, tuned_model, batch_size: int = 32) -> float:
     """drift_kl(base, tuned) with the base's side taken from `ref`: mean per-token KL(base ‖ tuned)."""
-    total, count = 0.0, 0
-    order = [i for i in sorted(range(len(ref.completions)), key=lambda i: -len(ref.completions[i]))
-             if ref.completions[i]]
-    bs = max(1, int(batch_size))
     with inference_model(tuned_model) as tuned_model:
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
-            tuned = completion_logprobs(tuned_model, [ref.prompt_ids[i] for i in idx],
-                                        [ref.completions[i] for i in idx], ref.pad_id)
-            for i, lq_TV in zip(idx, tuned):
-                kl = divergence_from_logprobs(lq_TV, ref.base_logprobs[i], "forward_kl").clamp(min=0.0)
-                total += float(kl.sum())
-                count += len(ref.completions[i])
+        tuned = _batched_logprobs(tuned_model, ref.prompt_ids, ref.completions, ref.pad_id, batch_size)
+    total, count = 0.0, 0
+    for i, lq_TV in enumerate(tuned):
+        if ref.completions[i]:
+            kl = divergence_from_logprobs(lq_TV, ref.base_logprobs[i], "forward_kl").clamp(min=0.0)
+            total += float(kl.sum())
+            count += len(ref.completions[i])
     return total / count if count else float("nan")
+
+
+def _batched_logprobs(model, prompt_ids: list[list[int]], completions: list[list[int]], pad: int,
+                      batch_size: int) -> list[torch.Tensor]:
+    """`completion_logprobs` in batches of `batch_size`, longest completions first; an empty completion gets an
+    empty tensor."""
+    out = [torch.empty(0) for _ in completions]
+    order = sorted((i for i in range(len(completions)) if completions[i]), key=lambda i: -len(completions[i]))
+    bs = max(1, int(batch_size))
+    for s in range(0, len(order), bs):
+        idx = order[s:s + bs]
+        for i, logp_TV in zip(idx, completion_logprobs(model, [prompt_ids[i] for i in idx],
+                                                        [completions[i] for i in idx], pad)):
+            out[i] = logp_TV
+    return out

@@ -53,11 +53,11 @@ def evaluate_stage(ctx: StageContext, model, tasks: list[Task], *, drift: bool, 
     on, e.g. the other phrasings of the knowledge questions)."""
     t0 = time.perf_counter()
     tok, limit, bs = ctx.tokenizer, ctx.opts.eval_limit, ctx.opts.batch_size
-    with inference_model(model) as model:  # one packed copy for both (engines.packed_copy)
-        res = evaluate_tasks(model, tok, {**{("task", t.name): (t, limit) for t in tasks},
+    with inference_model(model) as packed:  # one packed copy for both (engines.packed_copy)
+        res = evaluate_tasks(packed, tok, {**{("task", t.name): (t, limit) for t in tasks},
                                           ("retention", ""): (ctx.retention, 0),
                                           **{("also", k): (t, limit) for k, t in also_eval.items()}}, "test", bs)
-        kl = drift_from_reference(ctx.drift_ref, model) if drift and ctx.drift_ref is not None else 0.0
+        kl = drift_from_reference(ctx.drift_ref, packed) if drift and ctx.drift_ref is not None else 0.0
     accs = {t.name: res["task", t.name] for t in tasks}
     ret = res["retention", ""]
     also = {k: res["also", k] for k in also_eval}
