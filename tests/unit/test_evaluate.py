@@ -401,3 +401,14 @@ def test_every_evaluation_shows_its_progress(tiny_tok, varied, capsys):
     err = capsys.readouterr().err
     assert "eval knowledge" in err and "3/3" in err
     assert "eval retention" in err and "2/2" in err
+
+
+def test_evaluation_packs_a_copy_only_where_a_second_copy_of_the_weights_fits(tiny_model, monkeypatch):
+    import selfdistill.engines.hf as hf
+    weights = sum(p.numel() * 4 for p in tiny_model.parameters())
+    monkeypatch.setattr(hf, "_available_bytes", lambda: 2 * weights + 8)
+    with hf.inference_model(tiny_model) as m:
+        assert m is not tiny_model and m.selfdistill_packed
+    monkeypatch.setattr(hf, "_available_bytes", lambda: 2 * weights - 8)
+    with hf.inference_model(tiny_model) as m:
+        assert m is tiny_model

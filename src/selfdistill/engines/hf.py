@@ -162,6 +162,15 @@ def packed_copy(model) -> torch.nn.Module | None:
 
 
 def _available_bytes() -> int:
+    """Memory available to a new allocation: Linux's MemAvailable (free + reclaimable cache), else free pages;
+    0 when unknown (then no copy is made)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
