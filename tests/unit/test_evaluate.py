@@ -17,6 +17,7 @@ import torch
 
 from helpers import build_tiny_model
 import selfdistill.cli.evaluate as cli_eval
+import selfdistill.engines.hf as hf
 import selfdistill.evaluation as ev
 from selfdistill.engines import greedy_completions
 from selfdistill.evaluation.probe import UNLIKELY
@@ -404,7 +405,6 @@ def test_every_evaluation_shows_its_progress(tiny_tok, varied, capsys):
 
 
 def test_evaluation_packs_a_copy_only_where_a_second_copy_of_the_weights_fits(tiny_model, monkeypatch):
-    import selfdistill.engines.hf as hf
     weights = sum(p.numel() * 4 for p in tiny_model.parameters())
     monkeypatch.setattr(hf, "_available_bytes", lambda: 2 * weights + 8)
     with hf.inference_model(tiny_model) as m:
