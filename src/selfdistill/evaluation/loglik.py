@@ -141,10 +141,7 @@ def _choice_sums(model, key: str, first_logp_BV: torch.Tensor, cache, att_BL: to
         cache_G = cache if n == len(lengths) - 1 else copy.deepcopy(cache)  # the last group may use it up
         cache_G.batch_select_indices(idx_G)  # one copy of its prompt's cache per choice
         ids_GT = torch.tensor([comps[k] for k in group], device=device)
-        att_GL = torch.cat([att_BL[idx_G], att_BL.new_ones((len(group), T - 1))], 1)
-        pos_GT = att_BL[idx_G].sum(-1, keepdim=True) + torch.arange(T - 1, device=device)
-        logits_GTV = model(input_ids=ids_GT[:, :-1], attention_mask=att_GL, position_ids=pos_GT, use_cache=True,
-                           **{key: cache_G}).logits.float()
+        logits_GTV = _continue_logits(model, key, cache_G, att_BL[idx_G], ids_GT[:, :-1])
         tok_GT = logits_GTV.gather(-1, ids_GT[:, 1:, None]).squeeze(-1) - logits_GTV.logsumexp(-1)
         for k, v in zip(group, tok_GT.sum(-1).tolist()):
             sums[k] += v
@@ -167,13 +164,20 @@ def completion_logprobs(model, prompt_ids: list[list[int]], completions: list[li
             ids_BT = torch.full((len(completions), T - 1), pad, dtype=torch.long)
             for b, c in enumerate(completions):
                 ids_BT[b, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-            pos_BT = att_BL.sum(-1, keepdim=True) + torch.arange(T - 1, device=device)
-            att_BL = torch.cat([att_BL, att_BL.new_ones((len(completions), T - 1))], 1)
-            rest = model(input_ids=ids_BT.to(device), attention_mask=att_BL, position_ids=pos_BT, use_cache=True,
-                         **{key: cache})
-            logp_BTV = torch.cat([logp_BTV, rest.logits.float().log_softmax(-1)], 1)
+            rest_BTV = _continue_logits(model, key, cache, att_BL, ids_BT.to(device))
+            logp_BTV = torch.cat([logp_BTV, rest_BTV.log_softmax(-1)], 1)
         logp_BTV = logp_BTV.cpu()
     return [logp_BTV[b, :len(c)].clone() for b, c in enumerate(completions)]
+
+
+def _continue_logits(model, key: str, cache, att_BL: torch.Tensor, ids_BT: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of `ids_BT` run on top of a prompt cache built with attention mask `att_BL`: every row's
+    positions continue from its own prompt length (left padding skipped)."""
+    T = ids_BT.shape[1]
+    att_BL_T = torch.cat([att_BL, att_BL.new_ones((len(ids_BT), T))], 1)
+    pos_BT = att_BL.sum(-1, keepdim=True) + torch.arange(T, device=att_BL.device)
+    return model(input_ids=ids_BT, attention_mask=att_BL_T, position_ids=pos_BT, use_cache=True,
+                 **{key: cache}).logits.float()
 
 
 def common_prefix_len(seqs: list[list[int]]) -> int:

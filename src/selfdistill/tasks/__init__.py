@@ -148,8 +148,10 @@ def with_token_budget(task: Task, tokenizer) -> Task:
     at least 32, at most the byte bound of :func:`generation_budget`. A reply as long as any demonstration fits
     twice over; a rambling one stops there (on the README's two user files: 44 and 50 tokens instead of 64 and
     72). Any other task is returned unchanged."""
+    if task.info.get("max_new_tokens_from") != "longest demonstration":
+        return task
     demos = [ex.demonstration for ex in [*task.train, *task.test] if ex.demonstration]
-    if task.info.get("max_new_tokens_from") != "longest demonstration" or not demos:
+    if not demos:
         return task
     longest = max(len(ids) for ids in tokenizer(demos, add_special_tokens=False)["input_ids"])
     budget = min(task.max_new_tokens, max(TOKEN_BUDGET_MIN, 2 * longest))
