@@ -121,6 +121,7 @@ class TrainConfig:
     bf16: bool = False  # torch.autocast bfloat16 (CPU and CUDA)
     seed: int = 0
     on_nonfinite: str = "stop"  # stop | skip  (a NaN/inf loss or gradient)
+    malloc_keep_freed: bool = True  # CPU training, glibc: malloc keeps freed blocks for reuse (host_memory.py)
 
 
 @dataclass

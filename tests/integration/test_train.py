@@ -499,3 +499,13 @@ def test_one_rollout_call_per_step_and_samples_independent_of_batching(tiny_tok,
     calls, b = _rollouts_of(cfg(**base, **{"train.micro_batch_size": 8, "rollout.batch_size": 6}), tiny_tok,
                             tmp_path, monkeypatch, "b")
     assert calls == [6, 6, 4] and a == b
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_cpu_training_keeps_freed_memory_unless_told_not_to(tiny_tok, tmp_path, monkeypatch, keep):
+    import selfdistill.training.setup as training_setup
+    calls = []
+    monkeypatch.setattr(training_setup, "keep_freed_memory", lambda: calls.append(1) or True)
+    c = cfg(**{"train.method": "sft", "train.max_steps": 1, "train.malloc_keep_freed": keep})
+    train(c, examples(4), build_tiny_model(tiny_tok), tiny_tok, tmp_path / "o")
+    assert calls == ([1] if keep else [])

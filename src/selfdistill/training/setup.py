@@ -25,6 +25,7 @@ from ..engines import derive_seed, make_engine, rollout_spec, stop_ids_for
 from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .errors import TrainingError
+from .host_memory import keep_freed_memory
 from .steps import think_ids
 from .teacher import Teacher
 
@@ -166,6 +167,8 @@ def setup(cfg: Config, examples: list[Example], model, tokenizer, out: Path, *, 
           accelerator=None) -> Run:
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     strategy = _strategy(cfg, acc)
+    if cfg.train.malloc_keep_freed and acc.device.type == "cpu":
+        keep_freed_memory()  # a CPU step reuses the memory the last one freed, without page faults
     if acc.is_main_process:
         _check_output_dir(out, cfg, resume, overwrite)
         out.mkdir(parents=True, exist_ok=True)
