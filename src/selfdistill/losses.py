@@ -378,23 +378,26 @@ def _divergence_and_grad_chunk(
     jsd_beta: float,
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Value ``[n]`` and analytic ∂value/∂student_logits ``[n, V]`` from log-probs ``[n, V]``.
+    """Value ``[n]`` and analytic ∂value/∂student_logits ``[n, V]`` from log-probs ``[n, V]``, which it
+    overwrites: the two KLs work in place, so a chunk holds three ``[n, V]`` buffers (four for reverse KL), not
+    seven.
 
     With G = ∂ℓ/∂log p (log p treated as free), ∂ℓ/∂z = G − p·ΣG for z the student logits. This gives
     forward KL: p − q;  reverse KL: p ⊙ (log p − log q − KL(p‖q));
     JSD: β p ⊙ (log p − log m − KL(p‖m))  (since ∂JSD/∂p_v = β (log p_v − log m_v)).
     """
-    p = student_logp.exp()
-    q = teacher_logp.exp()
     if divergence == "forward_kl":
-        value = (q * (teacher_logp - student_logp)).sum(-1)
-        grad = (p - q) if need_grad else None
+        q = teacher_logp.exp()
+        value = teacher_logp.sub_(student_logp).mul_(q).sum(-1)  # Σ q (log q − log p)
+        grad = student_logp.exp_().sub_(q) if need_grad else None  # p − q
     elif divergence == "reverse_kl":
-        diff = student_logp - teacher_logp
+        p = student_logp.exp()
+        diff = student_logp.sub_(teacher_logp)  # log p − log q
         value = (p * diff).sum(-1)
-        grad = p * (diff - value[:, None]) if need_grad else None
+        grad = p.mul_(diff.sub_(value[:, None])) if need_grad else None
     else:
         beta = jsd_beta
+        p, q = student_logp.exp(), teacher_logp.exp()
         log_m = _jsd_log_mixture(student_logp, teacher_logp, beta)
         diff_p = student_logp - log_m
         kl_pm = (p * diff_p).sum(-1)
@@ -402,6 +405,11 @@ def _divergence_and_grad_chunk(
         value = beta * kl_pm + (1.0 - beta) * kl_qm
         grad = beta * p * (diff_p - kl_pm[:, None]) if need_grad else None
     return value, grad
+
+
+def _rows_kept(x_nV: torch.Tensor, keep_n1: torch.Tensor | None) -> torch.Tensor:
+    """Rows outside the loss zeroed (a copy), so they are never computed on: non-finite logits there are fine."""
+    return x_nV if keep_n1 is None else torch.where(keep_n1, x_nV, 0.0)
 
 
 class _ChunkedDivergenceFn(torch.autograd.Function):
@@ -417,18 +425,14 @@ class _ChunkedDivergenceFn(torch.autograd.Function):
         dvalue_NV = torch.empty_like(student_NV, memory_format=torch.contiguous_format) if need_grad else None
         for start in range(0, N, chunk_size):
             end = min(start + chunk_size, N)
-            s_chunk, t_chunk = student_NV[start:end].to(cdt), teacher_NV[start:end].to(cdt)
-            if row_mask_N is not None:  # rows outside the loss: never computed (non-finite logits there are fine)
-                keep = row_mask_N[start:end, None]
-                s_chunk, t_chunk = torch.where(keep, s_chunk, 0.0), torch.where(keep, t_chunk, 0.0)
-            s_logp = torch.log_softmax(s_chunk, dim=-1)
-            t_logp = torch.log_softmax(t_chunk, dim=-1)
-            del s_chunk, t_chunk
+            keep = None if row_mask_N is None else row_mask_N[start:end, None]
+            s_logp = torch.log_softmax(_rows_kept(student_NV[start:end].to(cdt), keep), dim=-1)
+            t_logp = torch.log_softmax(_rows_kept(teacher_NV[start:end].to(cdt), keep), dim=-1)
             value, grad = _divergence_and_grad_chunk(s_logp, t_logp, divergence, jsd_beta, need_grad)
             if row_mask_N is not None:
                 value = torch.where(row_mask_N[start:end], value, 0.0)
                 if need_grad:
-                    grad = grad * row_mask_N[start:end, None]
+                    grad.masked_fill_(~row_mask_N[start:end, None], 0.0)
             out_N[start:end] = value
             if need_grad:
                 dvalue_NV[start:end] = grad.to(dvalue_NV.dtype)
