@@ -60,25 +60,39 @@ def test_stop_flag_a_repeat_within_a_second_is_the_same_stop_and_a_later_one_sto
         flag(signal.SIGINT, None)
 
 
-FAULTS_AFTER_FREE = """
-import resource, sys, torch
+HEAP_AND_FAULTS = """
+import ctypes, resource, sys, torch
 from selfdistill.training.host_memory import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, in bytes
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+mapped_before = mallinfo2().hblkhd
+x = torch.ones(1 << 20)  # a 4 MiB block
+mapped_by_it = mallinfo2().hblkhd - mapped_before
+del x
+heap_free = mallinfo2().fordblks
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(2):  # 64 MiB, touched, then freed (the heap settles after the first two)
-    x = torch.ones(16 << 20)
-    del x
-before = faults()
-y = torch.ones(16 << 20)  # the same size again
-print(applied, faults() - before)
+counts = []
+for _ in range(5):  # one phase of a step: 64 blocks of 1 MiB alive together, touched, then all freed
+    before = faults()
+    blocks = [torch.ones(1 << 18) for _ in range(64)]
+    del blocks
+    counts.append(faults() - before)
+print(applied, mapped_by_it, heap_free, *counts)
 """
 
 
 @pytest.mark.parametrize("mode", ["keep", "default"])
-def test_keep_freed_memory_lets_the_next_block_reuse_freed_pages(mode):
-    """glibc by default returns a freed 64 MiB block to the system, so the next one faults in all of its 16384
-    pages again, every time; after keep_freed_memory a block of a size freed before reuses its pages (a fresh
-    process each)."""
+def test_keep_freed_memory_serves_blocks_from_the_heap_and_keeps_them_after_free(mode):
+    """In a fresh process glibc maps a 4 MiB block on its own (and unmaps it on free); after keep_freed_memory it
+    comes from the heap and stays there when freed, and a phase that allocates 64 MiB in 1 MiB blocks and frees
+    them no longer faults its pages in again on every repeat (by default it usually does: 16353 faults a repeat
+    here, though in some processes glibc's own policy settles too, so only the kept side is asserted on that)."""
     import platform
     import subprocess
     import sys
@@ -86,10 +100,11 @@ def test_keep_freed_memory_lets_the_next_block_reuse_freed_pages(mode):
     from helpers import subprocess_env
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's (elsewhere keep_freed_memory returns False and changes nothing)")
-    out = subprocess.run([sys.executable, "-c", FAULTS_AFTER_FREE, mode], env=subprocess_env(), text=True,
+    out = subprocess.run([sys.executable, "-c", HEAP_AND_FAULTS, mode], env=subprocess_env(), text=True,
                          capture_output=True, check=True).stdout.split()
-    pages = (16 << 20) * 4 // 4096
+    applied, mapped_by_it, heap_free, repeats = out[0], int(out[1]), int(out[2]), [int(n) for n in out[3:]]
     if mode == "keep":
-        assert out[0] == "True" and int(out[1]) < pages // 10, out
+        assert applied == "True" and mapped_by_it == 0 and heap_free >= 4 << 20, out
+        assert max(repeats[-3:]) < 100, out
     else:
-        assert int(out[1]) > pages // 2, out
+        assert mapped_by_it >= 4 << 20, out

@@ -1,14 +1,16 @@
 """Host memory on CPU training: glibc's malloc told to keep freed blocks for reuse.
 
-By default glibc serves every block over a threshold (128 KiB, raised on the fly to at most 32 MiB) with a fresh
-`mmap` and gives it back on `free`, and trims the heap's free top above twice that. A CPU training step allocates
-and frees hundreds of MB per phase (logits, the loss's chunks, activations, gradients), so every phase faults its
-memory in page by page again: in an SDFT step of `make bench` (SmolLM2-135M, 8 x 64 tokens) the student's
-forward + loss + backward took 4.6-4.8 s this way and 2.9-3.0 s with freed blocks kept (docs/performance.md).
-`keep_freed_memory` raises both thresholds once for the process (`mallopt`), so freed blocks stay in the heap and
-the next step reuses them. The price: memory the process freed is not returned to the system until it exits
-(peak RSS +4% in that step). `train.malloc_keep_freed=false` leaves glibc's policy alone; other C libraries
-(musl, macOS) are left alone too. jemalloc or tcmalloc through LD_PRELOAD do the same job for a whole process.
+By default glibc serves a block over a threshold that starts at 128 KiB (and rises with the blocks freed, to at
+most 32 MiB) with a fresh `mmap`, unmaps it on `free`, and trims the heap's free top above twice that threshold.
+A CPU training step allocates and frees hundreds of MB per phase (activations, logits, the loss's chunks,
+gradients), so phase after phase faults its memory in again page by page. `keep_freed_memory` sets the threshold
+to 32 MiB from the start and turns trimming off (`mallopt`), once for the process: blocks up to 32 MiB are
+reused from the heap, larger ones (a [B, T, V] logits tensor) are still mapped and unmapped. Measured on an SDFT
+step of `make bench`'s settings (SmolLM2-135M, 8 x 64 tokens, 2-core CPU, docs/performance.md): the student's
+forward + loss + backward 2.9-3.0 s instead of 4.4-4.7 s, the step 9.5-9.8 s instead of 11.0-11.4 s, peak RSS
+4903 MB instead of 4725 MB (memory freed stays with the process until it exits). `train.malloc_keep_freed=false`
+leaves glibc's policy alone; other C libraries (musl, macOS) are left alone too. jemalloc or tcmalloc through
+LD_PRELOAD do this job for a whole process.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import platform
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 1 << 30  # blocks under 1 GiB come from the heap, not from a fresh mmap
-TRIM_THRESHOLD_BYTES = 2**31 - 1  # the heap's free top is kept up to the largest value mallopt takes (an int)
+MMAP_THRESHOLD_BYTES = 32 << 20  # blocks up to glibc's own largest threshold come from the heap
+TRIM_THRESHOLD_BYTES = 2**31 - 1  # the heap's free top is kept (the largest value mallopt takes: an int)
 
 
 def keep_freed_memory() -> bool:
