@@ -2,7 +2,7 @@
 """Benchmark one SDFT optimizer step: selfdistill vs TRL's SDFTTrainer, vs our SFT step, and the loss's memory.
 
 Run with `make bench` (installs benchmarks/requirements-bench.txt, i.e. trl, then runs this file), or
-`.venv/bin/python benchmarks/bench_step.py [--runs 3 --steps 4 --max-new-tokens 64]`.
+`.venv/bin/python benchmarks/bench_step.py [--runs 3 --steps 5 --warmup 2 --max-new-tokens 64]`.
 
 Every measurement runs in its own fresh subprocess (`--child ...`), so each one's peak RSS
 (resource.getrusage(RUSAGE_SELF).ru_maxrss, read in the child right after its last measured step) is its own.
@@ -24,7 +24,8 @@ Engine column (--engines hf,hf-bf16,vllm): our SDFT step with rollout.engine=vll
   settings.
 
 Step time = time between consecutive step-end callbacks (our train()'s on_step, TRL's on_step_end), so it
-includes everything each framework does per step; the first step of every run is a warm-up and excluded.
+includes everything each framework does per step; the first --warmup steps of every run (default 2: lazy
+optimizer state, first-touch memory, the allocator's heap settling) are excluded on every side.
 
 The last line is:
   ratio_vs_trl=<ours/TRL steps per s> mem_vs_trl=<ours/TRL peak RSS> loss_mem_vs_naive=<x> sdft_over_sft=<x>
@@ -99,6 +100,11 @@ class _Done(Exception):
     pass
 
 
+def measured(ends: list[float], warmup: int) -> list[float]:
+    """Step times from consecutive step-end times, the first `warmup` steps left out (ends[0] ends step 1)."""
+    return [e - s for s, e in zip(ends[warmup - 1:], ends[warmup:])]
+
+
 def child_ours(a) -> dict:
     """selfdistill's train() for a.steps optimizer steps (method sdft or sft); stops right after the last one."""
     import torch
@@ -142,11 +148,11 @@ def child_ours(a) -> dict:
     except _Done:
         pass
     recs_m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in recs_m if r["step"] >= 2]  # step 1 is the warm-up
+    steps = [r for r in recs_m if r["step"] > a.warmup]  # the warm-up steps are left out
     phases = {k: [r[f"time_{k}_s"] for r in steps] for k in ("generate", "teacher", "student", "optimizer")}
     phases["step_record"] = [r["step_time_s"] for r in steps]
-    return {"step_times": [e - s for s, e in zip(ends, ends[1:])], "peak_rss_mb": peak[-1],
-            "tokens_per_step": [r["completion_tokens"] for r in recs_m], "phases": phases,
+    return {"step_times": measured(ends, a.warmup), "peak_rss_mb": peak[-1],
+            "tokens_per_step": [r["completion_tokens"] for r in steps], "phases": phases,
             "threads": torch.get_num_threads()}
 
 
@@ -208,9 +214,9 @@ def child_trl(a) -> dict:
 
     trainer.add_callback(Clock())  # last in the list: after the EMA teacher sync
     trainer.train()
-    return {"step_times": [e - s for s, e in zip(ends, ends[1:])], "peak_rss_mb": peak[-1],
-            "tokens_per_step": lens[1:], "threads": torch.get_num_threads(), "optim": str(args.optim),
-            "phases": {k: v[1:] for k, v in per_step.items()}}
+    return {"step_times": measured(ends, a.warmup), "peak_rss_mb": peak[-1],
+            "tokens_per_step": lens[a.warmup:], "threads": torch.get_num_threads(), "optim": str(args.optim),
+            "phases": {k: v[a.warmup:] for k, v in per_step.items()}}
 
 
 def child_loss(a) -> dict:
@@ -263,8 +269,8 @@ def child_loss(a) -> dict:
 def run_child(kind: str, a, workdir: str, engine: str = "hf", **extra) -> dict:
     out = Path(workdir) / f"{kind}-{time.time_ns()}.json"
     cmd = [sys.executable, __file__, "--child", kind, "--json", str(out), "--workdir", workdir, "--engine", engine,
-           "--steps", str(a.steps), "--max-new-tokens", str(a.max_new_tokens), "--prompts", str(a.prompts),
-           "--loss-tokens", str(a.loss_tokens)]
+           "--steps", str(a.steps), "--warmup", str(a.warmup), "--max-new-tokens", str(a.max_new_tokens),
+           "--prompts", str(a.prompts), "--loss-tokens", str(a.loss_tokens)]
     chunk = extra.get("chunk_size", a.chunk_size)
     cmd += ["--chunk-size", str(chunk)]
     if a.free_length:
@@ -319,7 +325,8 @@ def stats(xs: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="runs of each of ours / TRL / SFT (alternated)")
-    ap.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is a warm-up")
+    ap.add_argument("--steps", type=int, default=5, help="optimizer steps per run, the warm-up steps included")
+    ap.add_argument("--warmup", type=int, default=2, help="steps at the start of every run left out of the times")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per optimizer step (one micro-batch)")
     ap.add_argument("--chunk-size", type=int, default=256,
@@ -338,6 +345,8 @@ def main() -> None:
     ap.add_argument("--json", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if not 1 <= a.warmup < a.steps:
+        ap.error(f"--warmup must be at least 1 and below --steps ({a.steps}), got {a.warmup}")
     _env_setup()
 
     if a.child:
@@ -361,7 +370,8 @@ def main() -> None:
           f"(1 micro-batch), 1 rollout, max_new_tokens {a.max_new_tokens}"
           f"{'' if a.free_length else ' (fixed length: no stop id; TRL min_new_tokens)'}, T=1.0, full-vocab forward KL, "
           f"skip 3, EMA 0.01, paper teacher template; our loss.chunk_size={a.chunk_size}")
-    print(f"# {a.runs} runs each, alternated; {a.steps} steps per run, first one excluded (warm-up)\n", flush=True)
+    print(f"# {a.runs} runs each, alternated; {a.steps} steps per run, the first {a.warmup} excluded (warm-up)\n",
+          flush=True)
     if a.engines_only:
         engines_only(a)
         print(f"# total bench time {time.perf_counter() - t_all:.0f} s; load average at start {load0}, at end "
