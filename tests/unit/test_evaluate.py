@@ -405,6 +405,7 @@ def test_every_evaluation_shows_its_progress(tiny_tok, varied, capsys):
 
 
 def test_evaluation_packs_a_copy_only_where_a_second_copy_of_the_weights_fits(tiny_model, monkeypatch):
+    monkeypatch.setattr(hf, "onednn_linear_faster", lambda shapes, rows=16: True)
     weights = sum(p.numel() * 4 for p in tiny_model.parameters())
     monkeypatch.setattr(hf, "_available_bytes", lambda: 2 * weights + 8)
     with hf.inference_model(tiny_model) as m:
@@ -412,3 +413,21 @@ def test_evaluation_packs_a_copy_only_where_a_second_copy_of_the_weights_fits(ti
     monkeypatch.setattr(hf, "_available_bytes", lambda: 2 * weights - 8)
     with hf.inference_model(tiny_model) as m:
         assert m is tiny_model
+
+
+def test_evaluation_packs_a_copy_only_where_onednn_is_the_faster_here(tiny_model, monkeypatch):
+    """The timing decides (here: faked); the real timing returns a bool, once per shape set, and leaves the global
+    random state alone (evaluation may run between training steps)."""
+    asked = []
+    monkeypatch.setattr(hf, "onednn_linear_faster", lambda shapes, rows=16: asked.append(shapes) or False)
+    with hf.inference_model(tiny_model) as m:
+        assert m is tiny_model
+    assert asked == [hf.linear_shapes(tiny_model)] and hf.packed_copy(tiny_model) is not None  # still applies
+    monkeypatch.undo()
+    hf.onednn_linear_faster.cache_clear()
+    state = torch.get_rng_state()
+    assert isinstance(hf.onednn_linear_faster(((64, 32), (32, 64))), bool)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert hf.onednn_linear_faster.cache_info().currsize == 1
+    assert hf.linear_shapes(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 4), torch.nn.Linear(8, 99))) \
+        == ((4, 8), (8, 4))  # the largest (an LM head) left out

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import os
 import sys
+import time
 
 import torch
 import torch.utils.mkldnn
@@ -138,12 +140,14 @@ def weights_copy(model, dtype: torch.dtype, into: torch.nn.Module | None = None)
     return out
 
 
-def packed_copy(model) -> torch.nn.Module | None:
+def packed_copy(model, only_if_faster: bool = False) -> torch.nn.Module | None:
     """A frozen eval-mode copy of the model's transformers module whose `nn.Linear` layers are torch's
-    `MkldnnLinear` (weights in oneDNN's blocked layout), for evaluation on CPU: oneDNN runs the skinny float32
-    matrix multiplies of decoding and scoring 20-35% faster here than the BLAS call behind `F.linear`, with the
-    same greedy tokens (tested; the sums differ only in rounding). None where it does not apply: not float32 on
-    CPU, no oneDNN, LoRA / sharded weights, or not enough free memory for a second copy of the weights."""
+    `MkldnnLinear` (weights in oneDNN's blocked layout), for evaluation on CPU, with the same greedy tokens
+    (tested; the sums differ only in rounding). Whether oneDNN beats the BLAS call behind `F.linear` on the skinny
+    float32 matrix multiplies of decoding depends on the CPU: 20-35% faster on an AMD EPYC, 15-20% slower on an
+    Intel Xeon with AMX (docs/performance.md); `only_if_faster` times both on the model's layer shapes first
+    (`onednn_linear_faster`, once per process and shape set). None where it does not apply: not float32 on CPU, no
+    oneDNN, LoRA / sharded weights, not enough free memory for a second copy of the weights, or (asked) slower."""
     src = hf_module(model)
     params = list(src.parameters())
     if (not torch.backends.mkldnn.is_available() or hasattr(src, "peft_config") or not params
@@ -152,6 +156,8 @@ def packed_copy(model) -> torch.nn.Module | None:
         return None
     if sum(p.numel() * 4 for p in params) > _available_bytes() // 2:
         return None
+    if only_if_faster and not onednn_linear_faster(linear_shapes(src)):
+        return None
     out = copy.deepcopy(src).eval().requires_grad_(False)
     for mod in list(out.modules()):
         for name, child in list(mod.named_children()):
@@ -159,6 +165,41 @@ def packed_copy(model) -> torch.nn.Module | None:
                 setattr(mod, name, torch.utils.mkldnn.MkldnnLinear(child, torch.float32))
     out.selfdistill_packed = True
     return out
+
+
+def linear_shapes(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """The distinct (in, out) feature counts of the module's `nn.Linear` layers, the largest (the LM head) left
+    out: the layers whose speed decides a decoding step besides it."""
+    shapes = sorted({(m.in_features, m.out_features) for m in module.modules() if type(m) is torch.nn.Linear},
+                    key=lambda s: (s[0] * s[1], s))
+    return tuple(shapes[:-1] if len(shapes) > 1 else shapes)
+
+
+@functools.cache
+def onednn_linear_faster(shapes: tuple[tuple[int, int], ...], rows: int = 16) -> bool:
+    """Whether torch's `MkldnnLinear` runs a `rows`-row float32 input through layers of these shapes faster than
+    `F.linear` on this CPU: the best of 5 timings of each, on random weights from a private generator (the global
+    random state is left alone); tens of milliseconds, once per process and shape set."""
+    g = torch.Generator().manual_seed(0)
+    dense, packed = [], []
+    for i, o in shapes:
+        lin = torch.nn.utils.skip_init(torch.nn.Linear, i, o, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(o, i, generator=g))
+        dense.append((lin, torch.randn(rows, i, generator=g)))
+        packed.append((torch.utils.mkldnn.MkldnnLinear(lin, torch.float32), dense[-1][1]))
+
+    def best_seconds(layers) -> float:
+        best = float("inf")
+        with torch.no_grad():
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for layer, x in layers:
+                    layer(x)
+                best = min(best, time.perf_counter() - t0)
+        return best
+    best_seconds(dense), best_seconds(packed)  # warm-up: first calls allocate and pack
+    return best_seconds(packed) < best_seconds(dense)
 
 
 def _available_bytes() -> int:
@@ -179,9 +220,9 @@ def _available_bytes() -> int:
 
 @contextlib.contextmanager
 def inference_model(model):
-    """The model to evaluate with inside the block: its `packed_copy`, or the model itself where there is none or
-    it is a packed copy already. The copy is held by nothing else, so it goes once the caller lets go of it."""
-    packed = None if getattr(model, "selfdistill_packed", False) else packed_copy(model)
+    """The model to evaluate with inside the block: its `packed_copy` where oneDNN is the faster on this CPU, or
+    the model itself where there is none or it is a packed copy already. The copy is held by nothing else, so it goes once the caller lets go of it."""
+    packed = None if getattr(model, "selfdistill_packed", False) else packed_copy(model, only_if_faster=True)
     yield packed if packed is not None else model
 
 
