@@ -221,7 +221,8 @@ def _available_bytes() -> int:
 @contextlib.contextmanager
 def inference_model(model):
     """The model to evaluate with inside the block: its `packed_copy` where oneDNN is the faster on this CPU, or
-    the model itself where there is none or it is a packed copy already. The copy is held by nothing else, so it goes once the caller lets go of it."""
+    the model itself where there is none or it is a packed copy already. The copy is held by nothing else, so it
+    goes once the caller lets go of it."""
     packed = None if getattr(model, "selfdistill_packed", False) else packed_copy(model, only_if_faster=True)
     yield packed if packed is not None else model
 
