@@ -1,13 +1,17 @@
-"""Small pieces of training/ without a training run: the Teacher (EMA rule, live, frozen LoRA) and the StopFlag."""
+"""Small pieces of training/ without a training run: the Teacher (EMA rule, live, frozen LoRA), the StopFlag and
+keep_freed_memory (in fresh processes)."""
 
 from __future__ import annotations
 
+import platform
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from helpers import build_tiny_model
+from helpers import build_tiny_model, subprocess_env
 from selfdistill.training import StopFlag
 
 
@@ -93,11 +97,6 @@ def test_keep_freed_memory_serves_blocks_from_the_heap_and_keeps_them_after_free
     comes from the heap and stays there when freed, and a phase that allocates 64 MiB in 1 MiB blocks and frees
     them no longer faults its pages in again on every repeat (by default it usually does: 16353 faults a repeat
     here, though in some processes glibc's own policy settles too, so only the kept side is asserted on that)."""
-    import platform
-    import subprocess
-    import sys
-
-    from helpers import subprocess_env
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's (elsewhere keep_freed_memory returns False and changes nothing)")
     out = subprocess.run([sys.executable, "-c", HEAP_AND_FAULTS, mode], env=subprocess_env(), text=True,
