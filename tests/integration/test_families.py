@@ -162,6 +162,51 @@ def test_the_packed_evaluation_copy_gives_the_same_logits_and_greedy_tokens(name
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_grouped_query_attention_without_repeated_heads_is_bitwise_the_same(name, monkeypatch):
+    """`selfdistill_sdpa` (attention.py) skips transformers' `repeat_kv` copy on CPU without autograd and gives
+    the same logits bit for bit, the same greedy tokens and the same sampled tokens and log-probs; a forward that
+    records gradients runs transformers' own code (same logits and gradients, heads repeated)."""
+    import copy
+    from transformers.integrations import sdpa_attention
+    from selfdistill.attention import use_grouped_query_sdpa
+    from selfdistill.engines import HFEngine, SamplingSpec, greedy_spec, prompt_seeds
+    repeats = []
+    real_repeat = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda x, n: repeats.append(n) or real_repeat(x, n))
+    tok, stock = build_family(name)
+    grouped = copy.deepcopy(stock)
+    assert use_grouped_query_sdpa(grouped) and grouped.config._attn_implementation == "selfdistill_sdpa"
+    assert not use_grouped_query_sdpa(grouped)  # only a model on transformers' sdpa is switched
+    prompts = [render_prompt_ids(tok, ex.prompt) for ex in examples(3)]
+    ids_BL, att_BL = left_pad(prompts, pad_id(tok))
+    with torch.no_grad():
+        want = stock(input_ids=ids_BL, attention_mask=att_BL).logits
+        assert repeats
+        repeats.clear()
+        got = grouped(input_ids=ids_BL, attention_mask=att_BL).logits
+        assert not repeats
+    assert torch.equal(got[att_BL.bool()], want[att_BL.bool()])
+    stop = tuple(end_of_turn_ids(tok, stock))
+    sampled = SamplingSpec(max_new_tokens=10, stop_ids=stop, temperature=1.0, top_p=1.0)
+    runs = {}
+    for key, model in (("stock", stock), ("grouped", grouped)):
+        engine = HFEngine(model, pad_id(tok))
+        runs[key] = ([c.ids for c in engine.generate(prompts, greedy_spec(10, stop))],
+                     [(c.ids, c.logprobs) for c in engine.generate(prompts, sampled, seeds=prompt_seeds(0, 3),
+                                                                   want_logprobs=True)])
+    assert runs["grouped"] == runs["stock"]
+    losses = {}
+    for key, model in (("stock", stock), ("grouped", grouped)):
+        repeats.clear()
+        logits = model(input_ids=ids_BL, attention_mask=att_BL).logits
+        logits[att_BL.bool()].logsumexp(-1).sum().backward()
+        losses[key] = (logits.detach(), [p.grad.clone() for p in model.parameters()])
+        assert repeats, key  # with autograd the heads are repeated, as transformers does it
+    assert torch.equal(losses["grouped"][0], losses["stock"][0])
+    assert all(torch.equal(a, b) for a, b in zip(losses["grouped"][1], losses["stock"][1]))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_the_decode_loop_equals_transformers_generate_and_drops_finished_rows(name):
     """Greedy ids of the hf engine's own loop = transformers' `generate` on each architecture (left padding, the
     family's cache), while rows that reached a stop id leave the batch (fewer rows per forward)."""

@@ -58,6 +58,10 @@ def test_local_directory_roundtrip(tmp_path, tiny_tok, tiny_model):
     assert info.kind == "directory" and tok.eos_token == "<|im_end|>" and tok.padding_side == "left"
     ids = torch.tensor([[1, 5, 9, 12]])
     assert torch.equal(m(ids).logits, tiny_model(ids).logits)
+    # loaded models decode without repeated key/value heads on CPU (attention.py); a checkpoint does not keep it
+    assert m.config._attn_implementation == "selfdistill_sdpa"
+    m.save_pretrained(tmp_path / "again")
+    assert "selfdistill" not in (tmp_path / "again" / "config.json").read_text()
 
 
 @pytest.mark.parametrize("make,frag", [
