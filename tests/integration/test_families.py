@@ -209,9 +209,10 @@ def test_grouped_query_attention_without_repeated_heads_is_bitwise_the_same(name
 @pytest.mark.parametrize("name", NAMES)
 def test_the_decode_loop_equals_transformers_generate_and_drops_finished_rows(name):
     """Greedy ids of the hf engine's own loop = transformers' `generate` on each architecture (left padding, the
-    family's cache), while rows that reached a stop id leave the batch (fewer rows per forward)."""
+    family's cache), with the prompts' common prefix run once (`prefill`), while rows that reached a stop id leave
+    the batch (fewer rows per forward)."""
     import torch
-    from selfdistill.engines import HFEngine, greedy_spec, left_pad, pad_id
+    from selfdistill.engines import HFEngine, common_prefix_len, greedy_spec, left_pad, pad_id
     tok, model = build_family(name)
     prompts = [render_prompt_ids(tok, ex.prompt) for ex in examples(4)]
     engine = HFEngine(model, pad_id(tok))
@@ -231,7 +232,8 @@ def test_the_decode_loop_equals_transformers_generate_and_drops_finished_rows(na
             for row in out[:, ids_BL.shape[1]:].tolist()]
     assert got == want
     assert len(got[0]) <= 4 and len({len(c) for c in got}) > 1, got  # rows finish at different steps
-    assert rows[0] == 4 and sum(rows[1:]) == sum(len(c) - 1 for c in got)  # each row only while it decodes
+    assert common_prefix_len(prompts) > 0 and rows[:2] == [1, 4]  # the template's common prefix once, the rests
+    assert sum(rows[2:]) == sum(len(c) - 1 for c in got)  # then each row only while it decodes
 
 
 def test_no_chat_template_is_a_clear_error():

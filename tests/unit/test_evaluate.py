@@ -151,7 +151,7 @@ def test_a_common_system_prompt_is_run_once_and_changes_no_loglik(tiny_tok, vari
         got = ev.shared_prompt_logliks(varied, tok, prompts, choices, batch_size=4)
     finally:
         hook.remove()
-    P = ev.loglik.common_prefix_len(prompts)
+    P = hf.common_prefix_len(prompts)
     assert P > 15 and calls[0] == (1, P)  # the prefix, once
     assert calls[1] == (4, max(len(p) for p in prompts) - P)  # then only each prompt's own tokens
     assert sorted(calls[2:]) == [(1, 2), (2, 1)]  # later choice tokens, one pass per length: no padding run

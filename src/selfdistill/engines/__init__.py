@@ -13,11 +13,11 @@ from __future__ import annotations
 from .base import (Completion, Engine, GenerationAborted, SamplingSpec, cut_at_stop, derive_seed, eval_mode,
                    greedy_spec, hf_module, ignored_generation_settings, pad_id, prompt_seeds, rollout_spec,
                    stop_ids_for)
-from .hf import HFEngine, cache_key, inference_model, left_pad, packed_copy, weights_copy
+from .hf import HFEngine, cache_key, common_prefix_len, inference_model, left_pad, packed_copy, prefill, weights_copy
 
-__all__ = ["Completion", "Engine", "GenerationAborted", "HFEngine", "SamplingSpec", "cache_key", "cut_at_stop", "derive_seed",
+__all__ = ["Completion", "Engine", "GenerationAborted", "HFEngine", "SamplingSpec", "cache_key", "common_prefix_len", "cut_at_stop", "derive_seed",
            "eval_mode", "greedy_completions", "greedy_spec", "hf_module", "ignored_generation_settings",
-           "inference_model", "left_pad", "make_engine", "packed_copy", "pad_id", "prompt_seeds", "rollout_spec", "stop_ids_for", "weights_copy"]
+           "inference_model", "left_pad", "make_engine", "packed_copy", "pad_id", "prefill", "prompt_seeds", "rollout_spec", "stop_ids_for", "weights_copy"]
 
 
 def make_engine(kind: str, model, tokenizer, cfg=None, *, batch_size: int | None = None) -> Engine:

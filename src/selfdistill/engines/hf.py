@@ -1,6 +1,7 @@
 """`HFEngine`: a lean decoding loop around the transformers module's own forward (batched, left padded, KV cache).
 
-`decode` runs the prompts through the model once, then one forward per new token for the rows still decoding: a
+`decode` runs the prompts through the model once (their common prefix, a chat template's system prompt, once for
+the batch: `prefill`), then one forward per new token for the rows still decoding: a
 row that emits a stop id or reaches its budget leaves the batch (its cache rows, mask and position are dropped),
 so a batch costs the sum of its rows' lengths, not its longest row times the batch. Greedy rows take the argmax;
 sampled rows draw from their own generator (`RowSampler`: Gumbel-max over the tempered, top-k / top-p restricted
@@ -71,21 +72,51 @@ def cache_key(model) -> str:
     return "cache" if "cache" in inspect.signature(type(hf_module(model)).forward).parameters else "past_key_values"
 
 
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """The length of the longest prefix every sequence starts with."""
+    n = min(len(x) for x in seqs)
+    for k in range(n):
+        if any(x[k] != seqs[0][k] for x in seqs):
+            return k
+    return n
+
+
+def prefill(model, prompts: list[list[int]], pad: int, device, key: str):
+    """The prompts through the model with a KV cache: their common prefix (a chat template's system prompt and
+    the words every prompt starts with) once at batch 1, its cache repeated per prompt, then each prompt's rest,
+    left-padded after the prefix (the attention mask hides the padding, the positions skip it). A lone prompt or
+    prompts with nothing in common take one left-padded pass. Returns (each prompt's next-token logits [B, V],
+    the cache, the [B, L] attention mask it was built with); a row's next position is its mask's sum."""
+    P = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1) if len(prompts) > 1 else 0
+    cache_kw = {}
+    if P > 0:  # every prompt keeps at least one token of its own
+        pre = model(input_ids=torch.tensor([prompts[0][:P]], device=device), use_cache=True, logits_to_keep=1)
+        cache = getattr(pre, key)
+        cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
+        cache_kw = {key: cache}
+    rest_BS, rest_att_BS = left_pad([p[P:] for p in prompts], pad)
+    att_BL = torch.cat([torch.ones((len(prompts), P), dtype=rest_att_BS.dtype), rest_att_BS], 1).to(device)
+    pos_BS = P + (rest_att_BS.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=rest_BS.to(device), attention_mask=att_BL, position_ids=pos_BS.to(device), use_cache=True,
+                logits_to_keep=1, **cache_kw)
+    return out.logits[:, -1], getattr(out, key), att_BL
+
+
 @torch.no_grad()
-def decode(model, ids_BL: torch.Tensor, att_BL: torch.Tensor, spec: SamplingSpec, sampler: RowSampler | None,
+def decode(model, prompts: list[list[int]], pad: int, spec: SamplingSpec, sampler: RowSampler | None,
            should_stop=None, on_tokens=None, want_logprobs: bool = True) -> tuple[list[list[int]], list[list[float]]]:
     """New token ids per row (cut after the first stop id, kept) and each token's log-prob (greedy: under the
-    model's own distribution; left empty for greedy rows without `want_logprobs`). Rows leave the batch when they
-    stop; `should_stop()` is polled and `on_tokens(n)` told the rows still decoding once per step."""
-    key, stop = cache_key(model), torch.tensor(sorted(spec.stop_ids), dtype=torch.long, device=ids_BL.device)
-    pos_BL = (att_BL.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids_BL, attention_mask=att_BL, position_ids=pos_BL, use_cache=True, logits_to_keep=1)
-    rows = list(range(ids_BL.shape[0]))  # the batch rows still decoding, in order
+    model's own distribution; left empty for greedy rows without `want_logprobs`). The prompts go through
+    `prefill` (their common prefix once); rows leave the batch when they stop; `should_stop()` is polled and
+    `on_tokens(n)` told the rows still decoding once per step."""
+    device = next(model.parameters()).device
+    key, stop = cache_key(model), torch.tensor(sorted(spec.stop_ids), dtype=torch.long, device=device)
+    logits_AV, cache, att_AL = prefill(model, prompts, pad, device, key)
+    pos_A1 = att_AL.sum(-1, keepdim=True) - 1
+    rows = list(range(len(prompts)))  # the batch rows still decoding, in order
     tokens: list[list[int]] = [[] for _ in rows]
     lps: list[list[float]] = [[] for _ in rows]
-    att_AL, pos_A1 = att_BL, pos_BL[:, -1:]
     for step in range(spec.max_new_tokens):
-        logits_AV = out.logits[:, -1]
         if sampler is None:
             tok_A = logits_AV.argmax(-1)
             lp_A = logits_AV.float().log_softmax(-1).gather(-1, tok_A[:, None]).squeeze(-1) if want_logprobs \
@@ -106,13 +137,14 @@ def decode(model, ids_BL: torch.Tensor, att_BL: torch.Tensor, spec: SamplingSpec
             break
         if not bool(keep_A.all()):  # finished rows leave the batch and its cache
             idx = keep_A.nonzero().squeeze(-1)
-            getattr(out, key).batch_select_indices(idx)
+            cache.batch_select_indices(idx)
             rows = [rows[i] for i in idx.tolist()]
             tok_A, att_AL, pos_A1 = tok_A[idx], att_AL[idx], pos_A1[idx]
         att_AL = torch.cat([att_AL, att_AL.new_ones((len(rows), 1))], 1)
         pos_A1 = pos_A1 + 1
         out = model(input_ids=tok_A[:, None], attention_mask=att_AL, position_ids=pos_A1, use_cache=True,
-                    **{key: getattr(out, key)})
+                    **{key: cache})
+        logits_AV, cache = out.logits[:, -1], getattr(out, key)
     return tokens, lps
 
 
@@ -280,10 +312,7 @@ class HFEngine:
 
     def _batch(self, prompts, spec, seeds, want_logprobs, should_stop, on_tokens) -> list[Completion]:
         model = self.copy if self.copy is not None else hf_module(self.model)
-        device = next(model.parameters()).device
-        ids_BL, att_BL = left_pad(prompts, self.pad_id)
-        sampler = None if spec.greedy else RowSampler(spec, seeds, device)
+        sampler = None if spec.greedy else RowSampler(spec, seeds, next(model.parameters()).device)
         with eval_mode(model):
-            tokens, lps = decode(model, ids_BL.to(device), att_BL.to(device), spec, sampler, should_stop, on_tokens,
-                                 want_logprobs)
+            tokens, lps = decode(model, prompts, self.pad_id, spec, sampler, should_stop, on_tokens, want_logprobs)
         return [Completion(t, lp if want_logprobs else None) for t, lp in zip(tokens, lps)]

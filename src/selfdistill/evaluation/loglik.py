@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..contexts import render_prompt_ids
-from ..engines import cache_key, eval_mode, left_pad, pad_id
+from ..engines import cache_key, eval_mode, pad_id, prefill
 from ..models import template_end_of_turn_id
 from ..training.batches import completion_logits, pack
 from .replies import model_device
@@ -180,30 +180,8 @@ def _continue_logits(model, key: str, cache, att_BL: torch.Tensor, ids_BT: torch
                  **{key: cache}).logits.float()
 
 
-def common_prefix_len(seqs: list[list[int]]) -> int:
-    """The length of the longest prefix every sequence starts with."""
-    n = min(len(x) for x in seqs)
-    for k in range(n):
-        if any(x[k] != seqs[0][k] for x in seqs):
-            return k
-    return n
-
-
 def _prompt_pass(model, prompts: list[list[int]], pad: int, device, key: str):
-    """The prompts through the model with a KV cache: their common prefix once (batch 1, its cache repeated per
-    prompt), then each prompt's rest, left-padded after the prefix (the attention mask hides the padding, the
-    positions skip it). Returns (log-softmax of each prompt's next-token logits [B, V] in float32, the cache,
-    the [B, L] attention mask the cache was built with)."""
-    P = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)  # every prompt keeps >= 1 own token
-    cache_kw = {}
-    if P > 0:
-        pre = model(input_ids=torch.tensor([prompts[0][:P]], device=device), use_cache=True, logits_to_keep=1)
-        cache = getattr(pre, key)
-        cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
-        cache_kw = {key: cache}
-    rest_BS, rest_att_BS = left_pad([p[P:] for p in prompts], pad)
-    att_BL = torch.cat([torch.ones((len(prompts), P), dtype=rest_att_BS.dtype), rest_att_BS], 1).to(device)
-    pos_BS = P + (rest_att_BS.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=rest_BS.to(device), attention_mask=att_BL, position_ids=pos_BS.to(device), use_cache=True,
-                logits_to_keep=1, **cache_kw)
-    return out.logits[:, -1].float().log_softmax(-1), getattr(out, key), att_BL
+    """`engines.prefill` (the prompts' common prefix once, then their rests) with each prompt's next-token
+    log-softmax in float32: ([B, V], the cache, the [B, L] attention mask it was built with)."""
+    logits_BV, cache, att_BL = prefill(model, prompts, pad, device, key)
+    return logits_BV.float().log_softmax(-1), cache, att_BL
