@@ -167,6 +167,7 @@ def child_trl(a) -> dict:
     from selfdistill.models import load_model
 
     model, tok, _ = load_model("smollm2-135m")
+    model.set_attn_implementation("sdpa")  # transformers' own attention, as TRL's users run it (ours: attention.py)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                              "privileged_context": r["demonstration"]} for r in records(a.prompts)])
     template = PAPER_TEACHER_TEMPLATE.replace("$prompt", "{prompt}").replace("$demonstration",
