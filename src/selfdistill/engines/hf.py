@@ -87,7 +87,7 @@ def prefill(model, prompts: list[list[int]], pad: int, device, key: str):
     left-padded after the prefix (the attention mask hides the padding, the positions skip it). A lone prompt or
     prompts with nothing in common take one left-padded pass. Returns (each prompt's next-token logits [B, V],
     the cache, the [B, L] attention mask it was built with); a row's next position is its mask's sum."""
-    P = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1) if len(prompts) > 1 else 0
+    P = max(0, min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)) if len(prompts) > 1 else 0
     cache_kw = {}
     if P > 0:  # every prompt keeps at least one token of its own
         pre = model(input_ids=torch.tensor([prompts[0][:P]], device=device), use_cache=True, logits_to_keep=1)
