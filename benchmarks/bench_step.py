@@ -13,7 +13,8 @@ Settings, identical on both sides (see docs/performance.md):
   8 built-in ISO-4217 prompts with short demonstrations, 8 prompts per optimizer step in ONE micro-batch,
   one rollout per prompt at temperature 1.0 (top_p 1, top_k 0), full-vocabulary forward KL(teacher || student),
   first 3 completion tokens out of the loss, EMA teacher with rate 0.01 synced every step, the paper's teacher
-  prompt template, AdamW lr 5e-5, grad clip 1.0, no importance-sampling correction.
+  prompt template, AdamW lr 5e-5, grad clip 1.0, no importance-sampling correction (with --steps-per-generation K
+  > 1: the rollouts of K steps in one call on both sides, truncated/clipped importance weights at 2.0 on both).
   Completion length is FIXED by default: exactly max_new_tokens on both sides (ours: no stop id, on either
   engine; TRL: min_new_tokens in its generation_kwargs), so every step does the same work; --free-length turns
   it off.
@@ -131,7 +132,8 @@ def child_ours(a) -> dict:
         "loss.support": "full", "loss.skip_first_tokens": 3, "loss.chunk_size": a.chunk_size,
         "teacher.kind": "ema", "teacher.ema_rate": 0.01, "train.bf16": a.bf16, "log.progress": False,
         "log.rollout_examples": 0, "rollout.engine": engine, "rollout.dtype": rollout_dtype,
-        "loss.importance_weights": False})
+        "rollout.steps_per_generation": a.steps_per_generation,
+        "loss.importance_weights": a.steps_per_generation > 1})
     ends: list[float] = []
     peak: list[float] = []
 
@@ -169,7 +171,8 @@ def child_trl(a) -> dict:
     model, tok, _ = load_model("smollm2-135m")
     model.set_attn_implementation("sdpa")  # transformers' own attention, as TRL's users run it (ours: attention.py)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                             "privileged_context": r["demonstration"]} for r in records(a.prompts)])
+                             "privileged_context": r["demonstration"]}
+                            for r in records(a.prompts) * a.steps_per_generation])  # TRL: a sampling round's worth
     template = PAPER_TEACHER_TEMPLATE.replace("$prompt", "{prompt}").replace("$demonstration",
                                                                              "{privileged_context}")
     args = SDFTConfig(
@@ -177,7 +180,9 @@ def child_trl(a) -> dict:
         gradient_checkpointing=False, per_device_train_batch_size=a.prompts, gradient_accumulation_steps=1,
         num_generations=1, max_completion_length=a.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=5e-5, max_grad_norm=1.0, max_steps=a.steps, save_strategy="no", logging_strategy="no",
-        disable_tqdm=True, distillation_mode="full_logits", distillation_alpha=0.0, distillation_is_clip=None,
+        disable_tqdm=True, distillation_mode="full_logits", distillation_alpha=0.0,
+        steps_per_generation=a.steps_per_generation,  # > 1: TRL recomputes the old log-probs, IS-clipped at 2.0
+        distillation_is_clip=2.0 if a.steps_per_generation > 1 else None,
         teacher_model_kind="ema", teacher_update_rate=0.01, teacher_sync_steps=1, num_loss_tokens_to_skip=3,
         teacher_prompt_template=template, dataloader_num_workers=0, seed=0,
         generation_kwargs=None if a.free_length else {"min_new_tokens": a.max_new_tokens})
@@ -271,7 +276,8 @@ def run_child(kind: str, a, workdir: str, engine: str = "hf", **extra) -> dict:
     out = Path(workdir) / f"{kind}-{time.time_ns()}.json"
     cmd = [sys.executable, __file__, "--child", kind, "--json", str(out), "--workdir", workdir, "--engine", engine,
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--max-new-tokens", str(a.max_new_tokens),
-           "--prompts", str(a.prompts), "--loss-tokens", str(a.loss_tokens)]
+           "--prompts", str(a.prompts), "--loss-tokens", str(a.loss_tokens),
+           "--steps-per-generation", str(a.steps_per_generation)]
     chunk = extra.get("chunk_size", a.chunk_size)
     cmd += ["--chunk-size", str(chunk)]
     if a.free_length:
@@ -336,6 +342,10 @@ def main() -> None:
     ap.add_argument("--loss-tokens", type=int, default=256, help="completion tokens in the loss-memory part")
     ap.add_argument("--free-length", action="store_true", help="let completions stop at EOS (unequal work)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default fp32)")
+    ap.add_argument("--steps-per-generation", type=int, default=1, dest="steps_per_generation",
+                    help="rollouts of K optimizer steps sampled in one call, on both sides (ours: "
+                         "rollout.steps_per_generation with importance weights; TRL: steps_per_generation, IS clip "
+                         "2.0); keep --steps - --warmup a multiple of K")
     ap.add_argument("--engines", default="hf,hf-bf16,vllm",
                     help="rollout engines for our SDFT step: hf (in the paired runs) and, one run each, the others "
                          "(hf-bf16: hf with rollout.dtype=bfloat16)")
@@ -348,6 +358,10 @@ def main() -> None:
     a = ap.parse_args()
     if not 1 <= a.warmup < a.steps:
         ap.error(f"--warmup must be at least 1 and below --steps ({a.steps}), got {a.warmup}")
+    k = a.steps_per_generation
+    if k < 1 or (a.steps - a.warmup) % k or a.warmup % k:
+        ap.error("--steps-per-generation must be >= 1 and divide both --warmup and --steps - --warmup (whole sampling "
+                 "rounds measured)")
     _env_setup()
 
     if a.child:
@@ -370,7 +384,9 @@ def main() -> None:
     print(f"# settings: SmolLM2-135M-Instruct fp32{' + bf16 autocast' if a.bf16 else ''}, {a.prompts} prompts/step "
           f"(1 micro-batch), 1 rollout, max_new_tokens {a.max_new_tokens}"
           f"{'' if a.free_length else ' (fixed length: no stop id; TRL min_new_tokens)'}, T=1.0, full-vocab forward KL, "
-          f"skip 3, EMA 0.01, paper teacher template; our loss.chunk_size={a.chunk_size}")
+          f"skip 3, EMA 0.01, paper teacher template; our loss.chunk_size={a.chunk_size}"
+          + (f"; rollouts of {a.steps_per_generation} steps per call on both sides, importance-weighted"
+             if a.steps_per_generation > 1 else ""))
     print(f"# {a.runs} runs each, alternated; {a.steps} steps per run, the first {a.warmup} excluded (warm-up)\n",
           flush=True)
     if a.engines_only:

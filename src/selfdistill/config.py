@@ -78,6 +78,7 @@ class RolloutConfig:
     engine: str = "hf"  # hf (a decoding loop on the live weights) | vllm (optional extra; see docs/vllm.md)
     batch_size: int = 0  # sequences per engine call; 0: all of a process's rollouts for the optimizer step in one call
     dtype: str = "model"  # weights rollouts are sampled with: model (the trainer's) | float32 | bfloat16 (hf: a copy)
+    steps_per_generation: int = 1  # optimizer steps whose rollouts one sampling round draws (TRL's key); >1: stale, IS-corrected
 
 
 @dataclass
@@ -303,8 +304,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def importance_weights_default(cfg: Config) -> bool:
     """loss.importance_weights when not set: on where the rollouts' numerics are not the trainer's (vLLM, or a
-    rollout.dtype other than the model's), so the trainer corrects for them."""
-    return cfg.rollout.engine == "vllm" or cfg.rollout.dtype not in ("model", cfg.model.dtype)
+    rollout.dtype other than the model's) or their weights are older than the trainer's (steps_per_generation > 1),
+    so the trainer corrects for them."""
+    return (cfg.rollout.engine == "vllm" or cfg.rollout.dtype not in ("model", cfg.model.dtype)
+            or cfg.rollout.steps_per_generation > 1)
 
 
 def validate(cfg: Config) -> None:
@@ -338,6 +341,11 @@ def validate(cfg: Config) -> None:
     need(cfg.rollout.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)")
     need(0 < cfg.rollout.vllm_gpu_memory_utilization < 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1)")
     need(cfg.rollout.batch_size >= 0, "rollout.batch_size must be >= 0 (0 = all of the step's rollouts in one call)")
+    need(cfg.rollout.steps_per_generation >= 1, "rollout.steps_per_generation must be >= 1 (1 = fresh rollouts every "
+                                                "optimizer step)")
+    need(cfg.rollout.steps_per_generation == 1 or cfg.train.method != "sdft" or cfg.loss.importance_weights,
+         f"rollout.steps_per_generation={cfg.rollout.steps_per_generation} samples later steps' rollouts with older "
+         f"weights; it needs loss.importance_weights=true to correct for them")
     need(cfg.loss.top_k >= 1, "loss.top_k must be >= 1")
     need(0 < cfg.loss.jsd_beta < 1, "loss.jsd_beta must be in (0, 1)")
     need(cfg.loss.skip_first_tokens >= 0, "loss.skip_first_tokens must be >= 0")

@@ -64,6 +64,9 @@ def main() -> int:
     ap.add_argument("--expect-world", type=int, default=1, dest="expect_world")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--dist", default="auto", help="dist.strategy: auto | ddp | fsdp")
+    ap.add_argument("--steps-per-generation", type=int, default=1, dest="steps_per_generation",
+                    help="rollout.steps_per_generation")
+    ap.add_argument("--save-every", type=int, default=0, dest="save_every", help="log.save_every")
     args = ap.parse_args()
 
     from accelerate import Accelerator
@@ -96,7 +99,8 @@ def main() -> int:
             "train.method": method, "train.max_steps": args.steps, "train.prompts_per_step": 4,
             "train.micro_batch_size": 1, "train.seed": 0, "rollout.greedy": True, "rollout.max_new_tokens": 12,
             "optim.lr": 1e-3, "optim.warmup_steps": 0, "optim.schedule": "constant", "teacher.ema_rate": 0.2,
-            "dist.strategy": args.dist, "log.progress": False})
+            "dist.strategy": args.dist, "log.progress": False,
+            "rollout.steps_per_generation": args.steps_per_generation, "log.save_every": args.save_every})
         model = build_tiny_model(tok, seed=0)
         out = Path(args.out) / method
         res = T.train(cfg, examples, model, tok, out, overwrite=True, accelerator=acc, on_step=probe_logits(tok),

@@ -3,6 +3,9 @@
 The worker (tests/integration/dist_worker.py) trains the tiny model 3 optimizer steps with greedy rollouts,
 prompts_per_step 4, micro_batch_size 1 — 2 micro-batches per rank under DDP, 4 micro-batches of gradient
 accumulation in one process — for SDFT and SFT, and every rank saves its final student and EMA-teacher weights.
+Here the three steps' rollouts are sampled in one round (rollout.steps_per_generation=3, importance-weighted) and
+every step is checkpointed, so the checkpoints carry rollouts sampled ahead, gathered from both ranks (the FSDP2
+tests run the same worker with fresh rollouts every step).
 
 Launch note: `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher; only
 `--multi_gpu`/torchrun starts several). So the test launches with `--multi_gpu` and hides any GPU
@@ -30,8 +33,9 @@ STEPS = 3
 def runs(tmp_path_factory):
     """Run the single-process reference and the 2-process DDP job (concurrently: 3 processes, ~20 s)."""
     base = tmp_path_factory.mktemp("dist")
-    run_dist_workers(base, STEPS, plain=[("single", [], "single-process run")],
-                     multi=("multi", [], "2-process accelerate launch"))
+    extra = ["--steps-per-generation", str(STEPS), "--save-every", "1"]
+    run_dist_workers(base, STEPS, plain=[("single", extra, "single-process run")],
+                     multi=("multi", extra, "2-process accelerate launch"))
     return base
 
 
@@ -81,7 +85,21 @@ def test_only_rank0_logs_and_logged_metrics_match(runs, method):
         key = "forward_kl" if method == "sdft" else "sft_nll"
         assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6)
     ck = sorted(p.name for p in (runs / "multi" / method / "checkpoints").iterdir())
-    assert ck == [f"step-{STEPS:06d}"]
+    assert ck == [f"step-{STEPS - 1:06d}", f"step-{STEPS:06d}"]  # log.keep_last=2
+
+
+def test_rollouts_sampled_ahead_are_saved_from_every_rank(runs):
+    """The checkpoint after step 2 holds step 3's rollouts (sampled at step 1): each rank's 2, together the single
+    process's 4 (greedy), in rank order; the last checkpoint holds none."""
+    def pending(run, step):
+        state = json.loads((runs / run / "sdft" / "checkpoints" / f"step-{step:06d}" / "trainer_state.json").read_text())
+        return state.get("pending_rollouts")
+    (one,), (r0, r1) = pending("single", STEPS - 1), pending("multi", STEPS - 1)
+    key = str(STEPS - 1)
+    assert list(one) == list(r0) == list(r1) == [key] and len(r0[key]) == len(r1[key]) == 2
+    assert [ids for ids, _ in r0[key] + r1[key]] == [ids for ids, _ in one[key]]
+    assert all(len(lps) == len(ids) for ids, lps in one[key])  # the sampler's log-probs, for the importance weights
+    assert pending("single", STEPS) is None and pending("multi", STEPS) is None
 
 
 def test_cli_num_processes_starts_that_many_processes(tmp_path, tiny_tok, tiny_model):

@@ -501,6 +501,47 @@ def test_one_rollout_call_per_step_and_samples_independent_of_batching(tiny_tok,
     assert calls == [6, 6, 4] and a == b
 
 
+def test_steps_per_generation_samples_later_steps_in_the_same_call_with_their_own_seeds(tiny_tok, tmp_path,
+                                                                                       monkeypatch):
+    """rollout.steps_per_generation=2: one engine call per two optimizer steps (the last round cut at
+    train.max_steps); each step's sequences keep their seeds, so the first step's rollouts are a K=1 run's; the
+    engine gets new weights only before a sampling round; every step is importance-weighted."""
+    from selfdistill.engines import HFEngine
+    syncs, sync = [], HFEngine.sync_weights
+    monkeypatch.setattr(HFEngine, "sync_weights", lambda self, model: syncs.append(1) or sync(self, model))
+    base = {"train.max_steps": 3, "train.prompts_per_step": 4, "train.micro_batch_size": 2}
+    calls, ids = _rollouts_of(cfg(**base, **{"rollout.steps_per_generation": 2}), tiny_tok, tmp_path, monkeypatch,
+                              "k2")
+    assert calls == [8, 4] and len(syncs) == 2  # at its start, before step 3's round (none after the last step)
+    syncs.clear()
+    calls1, ids1 = _rollouts_of(cfg(**base), tiny_tok, tmp_path, monkeypatch, "k1")
+    assert calls1 == [4, 4, 4] and len(syncs) == 3 and ids[:4] == ids1[:4]
+    rec = [json.loads(x) for x in (tmp_path / "k2" / "metrics.jsonl").read_text().splitlines()]
+    assert all("importance_capped_frac" in r for r in rec)
+
+
+def test_resume_inside_a_sampling_round_trains_on_the_saved_rollouts(tiny_tok, tmp_path, monkeypatch):
+    """Stopped after step 2 of a 3-step sampling round: the checkpoint holds step 3's rollouts (sampled with step 1's
+    weights), the resumed run samples only step 4's and ends bitwise equal to the uninterrupted run."""
+    c = cfg(**{"train.max_steps": 4, "rollout.steps_per_generation": 3})
+    full = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), full, tiny_tok, tmp_path / "full")
+    r = train(c, examples(), build_tiny_model(tiny_tok, seed=0), tiny_tok, tmp_path / "part", stop_after=2)
+    ck = latest_checkpoint(tmp_path / "part" / "checkpoints")
+    assert r.stopped_early and ck.name == "step-000002"
+    saved = json.loads((ck / "trainer_state.json").read_text())["pending_rollouts"]
+    assert len(saved) == 1 and list(saved[0]) == ["2"] and len(saved[0]["2"]) == 4
+    from selfdistill.engines import HFEngine
+    orig, calls = HFEngine.generate, []
+    monkeypatch.setattr(HFEngine, "generate", lambda self, p, spec, **kw: calls.append(len(p)) or orig(self, p, spec,
+                                                                                                        **kw))
+    resumed = build_tiny_model(tiny_tok, seed=0)
+    train(c, examples(), resumed, tiny_tok, tmp_path / "part", resume=True)
+    assert calls == [4]  # step 4 only: step 3's came from the checkpoint
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("keep", [True, False])
 def test_cpu_training_keeps_freed_memory_unless_told_not_to(tiny_tok, tmp_path, monkeypatch, keep):
     import selfdistill.training.setup as training_setup

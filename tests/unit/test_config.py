@@ -46,6 +46,7 @@ def test_unknown_key_suggests():
     ("train.max_steps", "abc", "expected an integer"),
     ("train.micro_batch_size", "3", "multiple of"),
     ("rollout.batch_size", "-1", "rollout.batch_size must be >= 0"),
+    ("rollout.steps_per_generation", "0", "rollout.steps_per_generation must be >= 1"),
     ("rollout.vllm_sleep", "yes", "is not one of"),
     ("rollout.vllm_gpu_memory_utilization", "1.2", "rollout.vllm_gpu_memory_utilization must be in (0, 1)"),
 ])
@@ -73,6 +74,17 @@ def test_rollouts_in_another_dtype_turn_importance_weights_on_unless_set():
     assert off.loss.importance_weights is False
     with pytest.raises(Exception, match="rollout.dtype"):
         load_config(overrides={"rollout.dtype": "float16"})
+
+
+def test_rollouts_for_several_steps_need_importance_weights_and_turn_them_on():
+    assert load_config(overrides={"rollout.steps_per_generation": 2}).loss.importance_weights is True
+    assert load_config(overrides={"rollout.steps_per_generation": 1}).loss.importance_weights is False
+    with pytest.raises(ConfigError, match="steps_per_generation=4 samples later steps' rollouts with older weights; "
+                                          "it needs loss.importance_weights=true"):
+        load_config(overrides={"rollout.steps_per_generation": 4, "loss.importance_weights": False})
+    sft = load_config(overrides={"rollout.steps_per_generation": 4, "loss.importance_weights": False,
+                                 "train.method": "sft"})  # no rollouts: nothing to correct
+    assert sft.rollout.steps_per_generation == 4
 
 
 def test_a_rollout_copy_under_fsdp2_is_refused_in_one_line_before_any_worker_starts():

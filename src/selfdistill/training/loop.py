@@ -2,7 +2,8 @@
 
 One SDFT optimizer step (`optimizer_step`):
   1.   `steps.sample_rollouts`: the student samples from the prompt alone, all of the process's prompts of the
-       step at once (rollout.batch_size caps one engine call)
+       step at once (rollout.batch_size caps one engine call; rollout.steps_per_generation > 1 samples the next
+       steps' prompts in the same round, trained on later with importance weights)
   2-4. `steps.sdft_micro_step` over the micro-batches: the teacher (EMA weights, demonstration in context) and
        the student score those tokens, per-token forward KL(teacher || student) over the full vocabulary by
        default (steps.py has the step written out)
@@ -56,28 +57,38 @@ def _stop_agreed(run: Run, stop: StopFlag) -> bool:
     return flag
 
 
-def _rank_items(run: Run) -> list:
-    """This process's prompts of the current optimizer step."""
+def _rank_items(run: Run, step: int) -> list:
+    """This process's prompts of optimizer step `step`."""
     P, rank = run.cfg.train.prompts_per_step, run.acc.process_index
-    step_idx = run.order[run.step * P + rank * run.per_rank: run.step * P + (rank + 1) * run.per_rank]
+    step_idx = run.order[step * P + rank * run.per_rank: step * P + (rank + 1) * run.per_rank]
     return [run.encoded[j] for j in step_idx]
 
 
-def _rollouts(run: Run, items: list, stop: StopFlag, timings: dict, progress) -> list:
-    """1. All of this process's rollouts for the step (steps.sample_rollouts). Sequence k of the step's global
-    batch (prompt-major, R per prompt) draws from seed derive_seed(derive_seed(train.seed, step), k), so the
-    samples do not depend on micro-batch size, rollout.batch_size or the number of processes."""
-    R = run.cfg.rollout.num_rollouts
-    seeds = prompt_seeds(derive_seed(run.cfg.train.seed, run.step), len(items) * R,
-                         start=run.acc.process_index * run.per_rank * R)
-    # a stop signal aborts generation at once with one process; with several, ranks agree between phases
-    should_stop = stop.is_set if run.world == 1 else None
-    progress.sampling(len(seeds))
-    t0 = time.perf_counter()
-    rollouts = sample_rollouts(run.wrapped, run.engine, run.spec, items, run.cfg, seeds, run.amp,
-                               should_stop=should_stop, on_tokens=progress.tokens)
-    timings["generate"] += time.perf_counter() - t0
-    return rollouts
+def _rollouts(run: Run, stop: StopFlag, timings: dict, progress) -> list:
+    """1. This process's rollouts for the step: sampled ahead when the step has them (run.pending); otherwise sampled
+    now, in one round (steps.sample_rollouts), for this step and the next rollout.steps_per_generation - 1 (up to
+    train.max_steps). Sequence k of step s's global batch (prompt-major, R per prompt) draws from seed
+    derive_seed(derive_seed(train.seed, s), k), so the samples do not depend on micro-batch size,
+    rollout.batch_size, the number of processes or the steps sampled with it (only on the weights, which are the
+    first step's for all of them)."""
+    if run.step not in run.pending:
+        cfg, R = run.cfg, run.cfg.rollout.num_rollouts
+        steps = range(run.step, min(run.step + cfg.rollout.steps_per_generation, cfg.train.max_steps))
+        items, seeds = [], []
+        for s in steps:
+            items += _rank_items(run, s)
+            seeds += prompt_seeds(derive_seed(cfg.train.seed, s), run.per_rank * R,
+                                  start=run.acc.process_index * run.per_rank * R)
+        # a stop signal aborts generation at once with one process; with several, ranks agree between phases
+        should_stop = stop.is_set if run.world == 1 else None
+        progress.sampling(len(seeds))
+        t0 = time.perf_counter()
+        rollouts = sample_rollouts(run.wrapped, run.engine, run.spec, items, cfg, seeds, run.amp,
+                                   should_stop=should_stop, on_tokens=progress.tokens)
+        timings["generate"] += time.perf_counter() - t0
+        n = run.per_rank * R
+        run.pending.update({s: rollouts[i * n:(i + 1) * n] for i, s in enumerate(steps)})
+    return run.pending[run.step]
 
 
 def _micro_batch(run: Run, items: list, rollouts: list | None, i: int, timings: dict) -> tuple[torch.Tensor, dict, list]:
@@ -107,13 +118,14 @@ def _apply_update(run: Run, nonfinite: bool, agg: dict) -> float:
                                 f"checkpoint: {latest_checkpoint(run.out / 'checkpoints') or 'none'}. Lower "
                                 f"optim.lr, or set train.on_nonfinite=skip to skip such steps")
         run.skipped_steps += 1
-        return float(grad_norm)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
-    if run.teacher is not None:
-        run.teacher.update()  # 5. teacher <- (1 - a) teacher + a student, after the update
-    if run.engine is not None:
+    else:
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()
+        if run.teacher is not None:
+            run.teacher.update()  # 5. teacher <- (1 - a) teacher + a student, after the update
+    nxt = run.step + 1
+    if run.engine is not None and nxt < cfg.train.max_steps and nxt not in run.pending:  # it samples the next step
         run.engine.sync_weights(run.model)
     return float(grad_norm)
 
@@ -128,13 +140,13 @@ def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
     previews: list[str] = []
     nonfinite = False
     run.model.train()
-    items = _rank_items(run)
+    items = _rank_items(run, run.step)
     try:
         rollouts = None
         if cfg.train.method == "sdft":
             if _stop_agreed(run, stop):
                 raise StepAborted()
-            rollouts = _rollouts(run, items, stop, timings, progress)
+            rollouts = _rollouts(run, stop, timings, progress)
         for i in range(run.n_micro):
             if _stop_agreed(run, stop):
                 raise StepAborted()
@@ -161,6 +173,7 @@ def optimizer_step(run: Run, stop: StopFlag, progress) -> dict:
     to = time.perf_counter()
     grad_norm = _apply_update(run, nonfinite, agg)
     timings["optimizer"] += time.perf_counter() - to
+    run.pending.pop(run.step, None)  # kept until the update: a step abandoned before it keeps its rollouts
     run.step += 1
     return _record(run, agg, grad_norm, timings, time.perf_counter() - t_step, previews)
 

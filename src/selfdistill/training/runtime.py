@@ -149,25 +149,21 @@ def save_on_stop(run: Run) -> None:
 
 def save(run: Run) -> None:
     """A checkpoint of the last finished step (rank 0 writes, every rank waits; FSDP2: every rank writes its
-    shards, rank 0 publishes the folder)."""
+    shards, rank 0 publishes the folder). Rollouts sampled ahead for later steps (rollout.steps_per_generation)
+    go into trainer_state.json, every rank's, so a resume trains on the same ones."""
+    state = {"step": run.step, "data_position": run.step * run.cfg.train.prompts_per_step,
+             "skipped_steps": run.skipped_steps, **run.pending_state()}
     if run.strategy == "fsdp":
         distributed.save_sharded_checkpoint(
             run.out / "checkpoints", run.step, model=run.model, optimizer=run.optimizer,
             teacher=run.teacher.copy if run.teacher else None, scheduler=run.scheduler,
-            trainer_state={"step": run.step, "data_position": run.step * run.cfg.train.prompts_per_step,
-                           "skipped_steps": run.skipped_steps}, keep_last=run.cfg.log.keep_last)
+            trainer_state=state, keep_last=run.cfg.log.keep_last)
         return
-    _save(run.acc, run.out / "checkpoints", run.step, run.model, run.teacher, run.optimizer, run.scheduler,
-          run.skipped_steps, run.cfg)
-
-
-def _save(acc, root, step, model, teacher, optimizer, scheduler, skipped_steps, cfg):
-    if acc.is_main_process:
-        save_checkpoint(root, step, model=model, teacher_state=teacher.state_dict() if teacher else {},
-                        optimizer=optimizer, scheduler=scheduler,
-                        trainer_state={"step": step, "data_position": step * cfg.train.prompts_per_step,
-                                       "skipped_steps": skipped_steps}, keep_last=cfg.log.keep_last)
-    acc.wait_for_everyone()
+    if run.acc.is_main_process:
+        save_checkpoint(run.out / "checkpoints", run.step, model=run.model,
+                        teacher_state=run.teacher.state_dict() if run.teacher else {}, optimizer=run.optimizer,
+                        scheduler=run.scheduler, trainer_state=state, keep_last=run.cfg.log.keep_last)
+    run.acc.wait_for_everyone()
 
 
 def save_final(model, tokenizer, out: Path, cfg: Config, dtype: torch.dtype | None = None) -> None:

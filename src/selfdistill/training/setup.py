@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from peft import LoraConfig, get_peft_model
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from ..config import Config, to_dict
 from ..contexts import Encoded, encode_examples
 from ..data import Example
-from ..engines import derive_seed, make_engine, rollout_spec, stop_ids_for
+from ..engines import Completion, derive_seed, make_engine, rollout_spec, stop_ids_for
 from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .errors import TrainingError
@@ -140,6 +141,7 @@ class Run:
     skipped_steps: int = 0
     save_dtype: torch.dtype | None = None
     strategy: str = "single"  # single | ddp | fsdp (distributed.resolve_strategy)
+    pending: dict[int, list[Completion]] = field(default_factory=dict)  # this rank's rollouts by step, sampled ahead
 
     @property
     def world(self) -> int:
@@ -152,6 +154,24 @@ class Run:
     @property
     def n_micro(self) -> int:
         return self.per_rank // self.cfg.train.micro_batch_size
+
+    def pending_state(self) -> dict:
+        """The rollouts sampled ahead (rollout.steps_per_generation > 1), every rank's, for trainer_state.json; {}
+        when there are none. A collective when several processes run: every rank calls it."""
+        mine = {str(k): [[c.ids, c.logprobs] for c in v] for k, v in self.pending.items()}
+        ranks = gather_object([mine]) if self.world > 1 else [mine]
+        return {"pending_rollouts": ranks} if any(ranks) else {}
+
+    def restore_pending(self, state: dict, where: Path) -> None:
+        """This rank's rollouts sampled ahead, from a checkpoint's trainer_state (`pending_state`)."""
+        ranks = state.get("pending_rollouts")
+        if not ranks:
+            return
+        if len(ranks) != self.world:
+            raise TrainingError(f"{where}: holds rollouts sampled ahead by {len(ranks)} processes; resume it with "
+                                f"{len(ranks)} processes (this run has {self.world})")
+        self.pending = {int(k): [Completion(ids, lps) for ids, lps in v]
+                        for k, v in ranks[self.acc.process_index].items()}
 
     def amp(self):
         return torch.autocast(device_type=self.acc.device.type, dtype=torch.bfloat16, enabled=self.autocast)
@@ -272,6 +292,7 @@ def _resume(run: Run) -> None:
         if run.teacher is not None:
             run.teacher.load_state_dict(teacher_sd)
     run.step, run.skipped_steps = state["step"], state.get("skipped_steps", 0)
+    run.restore_pending(state, ck)
     if run.engine is not None:
         run.engine.sync_weights(run.model)
     if run.acc.is_main_process:
