@@ -97,9 +97,6 @@ def _env_setup() -> None:
 # Children (each runs in a fresh process and writes one JSON file)
 
 
-class _Done(Exception):
-    pass
-
 
 def measured(ends: list[float], warmup: int) -> list[float]:
     """Step times from consecutive step-end times, the first `warmup` steps left out (ends[0] ends step 1)."""
@@ -140,15 +137,10 @@ def child_ours(a) -> dict:
     def on_step(step, _model):
         ends.append(time.perf_counter())
         peak.append(rss_mb())
-        if step >= a.steps:
-            raise _Done
         return {}
 
-    out = Path(a.workdir) / f"out-{a.child}-{a.engine}"
-    try:
-        train(cfg, examples, model, tok, out, overwrite=True, on_step=on_step, eval_every=1)
-    except _Done:
-        pass
+    out = Path(a.workdir) / f"out-{a.child}-{a.engine}"  # stop_after: every step's metrics record is written
+    train(cfg, examples, model, tok, out, overwrite=True, on_step=on_step, eval_every=1, stop_after=a.steps)
     recs_m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs_m if r["step"] > a.warmup]  # the warm-up steps are left out
     phases = {k: [r[f"time_{k}_s"] for r in steps] for k in ("generate", "teacher", "student", "optimizer")}
@@ -294,15 +286,16 @@ def run_child(kind: str, a, workdir: str, engine: str = "hf", **extra) -> dict:
     return res
 
 
-def print_engine_table(runs_by_engine: dict[str, list[dict]], note: str) -> None:
+def print_engine_table(runs_by_engine: dict[str, list[dict]], note: str, spg: int) -> None:
     print(f"\n== our SDFT step by rollout engine ({note}) ==")
-    print("(step: median time between step ends, as in the run lines; phases: median of the metrics records)")
+    what = "median" if spg == 1 else "mean"
+    print(f"(step: {what} time between step ends; phases: {what} of the metrics records)")
     print(f"{'engine':8s} {'step s':>8s} {'generate s':>11s} {'gen tok/s':>10s} {'teacher s':>10s} "
           f"{'student s':>10s} {'peak RSS MB':>12s} {'process s':>10s}")
     for name, runs in runs_by_engine.items():
-        ph = {k: statistics.median(x for r in runs for x in r["phases"][k]) for k in runs[0]["phases"]}
-        tok = statistics.median(x for r in runs for x in r["tokens_per_step"])
-        step = statistics.median(x for r in runs for x in r["step_times"])
+        ph = {k: central([x for r in runs for x in r["phases"][k]], spg) for k in runs[0]["phases"]}
+        tok = central([x for r in runs for x in r["tokens_per_step"]], spg)
+        step = central([x for r in runs for x in r["step_times"]], spg)
         print(f"{name:8s} {step:8.2f} {ph['generate']:11.2f} {tok / ph['generate']:10.1f} "
               f"{ph['teacher']:10.2f} {ph['student']:10.2f} {statistics.median(r['peak_rss_mb'] for r in runs):12.0f} "
               f"{statistics.median(r['wall_s'] for r in runs):10.0f}")
@@ -319,10 +312,16 @@ def engines_only(a) -> None:
                 runs[e].append(r)
                 print(f"run {i + 1} sdft engine={e}: step {statistics.median(r['step_times']):6.2f} s  peak RSS "
                       f"{r['peak_rss_mb']:7.0f} MB  (process {r['wall_s']:.0f} s)", flush=True)
-    print_engine_table(runs, f"{a.runs} alternated run(s) each")
+    print_engine_table(runs, f"{a.runs} alternated run(s) each", a.steps_per_generation)
     if "hf" in runs and "vllm" in runs:
         step = {e: statistics.median(x for r in runs[e] for x in r["step_times"]) for e in ("hf", "vllm")}
         print(f"vllm_over_hf_step={step['vllm'] / step['hf']:.2f}")
+
+
+def central(xs: list[float], steps_per_round: int) -> float:
+    """The median of per-step figures; their mean when a sampling round spans several steps
+    (--steps-per-generation: the median of alternating long and short steps would be one of them)."""
+    return statistics.median(xs) if steps_per_round == 1 else statistics.mean(xs)
 
 
 def stats(xs: list[float]) -> str:
@@ -442,9 +441,11 @@ def main() -> None:
           f"{statistics.median(x for r in ours for x in r['tokens_per_step']):.0f}, TRL "
           f"{statistics.median(x for r in trls for x in r['tokens_per_step']):.0f})")
 
-    print("\n== per-phase time of our SDFT step (s, median over measured steps of all runs) ==")
+    spg = a.steps_per_generation
+    what = "median" if spg == 1 else "mean"
+    print(f"\n== per-phase time of our SDFT step (s, {what} over measured steps of all runs) ==")
     ph = {k: [x for r in ours for x in r["phases"][k]] for k in ours[0]["phases"]}
-    med = {k: statistics.median(v) for k, v in ph.items()}
+    med = {k: central(v, spg) for k, v in ph.items()}
     rest = med["step_record"] - med["generate"] - med["teacher"] - med["student"] - med["optimizer"]
     total = med["step_record"]
     for k, label in (("generate", "generate (rollouts)"), ("teacher", "teacher forward"),
@@ -453,10 +454,10 @@ def main() -> None:
     print(f"{'other (step - the above)':36s}: {rest:6.2f}  ({100 * rest / total:4.1f} %)")
     print(f"{'step (time_step_s)':36s}: {total:6.2f}")
 
-    print("\n== per-phase time of TRL's step (s, median over measured steps of all runs; wrapped methods) ==")
-    tg = statistics.median(x for r in trls for x in r["phases"]["generate"])
-    tt = statistics.median(x for r in trls for x in r["phases"]["teacher"])
-    tstep = statistics.median(x for r in trls for x in r["step_times"])
+    print(f"\n== per-phase time of TRL's step (s, {what} over measured steps of all runs; wrapped methods) ==")
+    tg = central([x for r in trls for x in r["phases"]["generate"]], spg)
+    tt = central([x for r in trls for x in r["phases"]["teacher"]], spg)
+    tstep = central([x for r in trls for x in r["step_times"]], spg)
     for label, v, o in (("generate (_generate)", tg, med["generate"]),
                         ("teacher forward (no-grad _forward_logits)", tt, med["teacher"]),
                         ("rest: student, loss, optimizer, EMA, other", tstep - tg - tt,
@@ -466,7 +467,7 @@ def main() -> None:
 
     if others:
         print_engine_table({"hf": ours, **{k: [v] for k, v in others.items()}},
-                           "same settings; hf = the paired runs above, others one run")
+                           "same settings; hf = the paired runs above, others one run", spg)
 
     print("\n== ours SDFT vs ours SFT (same prompts, demos of max_new_tokens tokens) ==")
     print(f"SFT steps/s           : {stats([sps(r) for r in sfts])}")
@@ -484,11 +485,11 @@ def main() -> None:
     print(f"chunked/naive peak    : {loss_ratio:.2f}   (target <= 0.50)")
     print(f"\n# total bench time {time.perf_counter() - t_all:.0f} s; load average at start {load0}, at end "
           f"{tuple(round(x, 2) for x in os.getloadavg())} (other processes on this machine inflate times)")
-    trl_step = statistics.median(x for r in trls for x in r["step_times"])
-    sft_step = statistics.median(x for r in sfts for x in r["step_times"])
+    trl_step = central([x for r in trls for x in r["step_times"]], spg)
+    sft_step = central([x for r in sfts for x in r["step_times"]], spg)
     by_engine = "".join(  # the engine column's single runs against the paired runs' TRL and SFT medians
-        f" ratio_vs_trl_{k.replace('-', '_')}={trl_step / statistics.median(v['step_times']):.2f}"
-        f" sdft_over_sft_{k.replace('-', '_')}={statistics.median(v['step_times']) / sft_step:.2f}"
+        f" ratio_vs_trl_{k.replace('-', '_')}={trl_step / central(v['step_times'], spg):.2f}"
+        f" sdft_over_sft_{k.replace('-', '_')}={central(v['step_times'], spg) / sft_step:.2f}"
         for k, v in others.items())
     print(f"ratio_vs_trl={statistics.median(r_speed):.2f} mem_vs_trl={statistics.median(r_mem):.2f} "
           f"loss_mem_vs_naive={loss_ratio:.2f} sdft_over_sft={statistics.median(r_sft):.2f}{by_engine}")
