@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -522,7 +523,8 @@ def test_steps_per_generation_samples_later_steps_in_the_same_call_with_their_ow
 
 def test_resume_inside_a_sampling_round_trains_on_the_saved_rollouts(tiny_tok, tmp_path, monkeypatch):
     """Stopped after step 2 of a 3-step sampling round: the checkpoint holds step 3's rollouts (sampled with step 1's
-    weights), the resumed run samples only step 4's and ends bitwise equal to the uninterrupted run."""
+    weights), the resumed run samples only step 4's and ends bitwise equal to the uninterrupted run, also when the
+    rollouts were saved by two processes (cut again for one); a checkpoint that holds too few is refused."""
     c = cfg(**{"train.max_steps": 4, "rollout.steps_per_generation": 3})
     full = build_tiny_model(tiny_tok, seed=0)
     train(c, examples(), full, tiny_tok, tmp_path / "full")
@@ -535,11 +537,25 @@ def test_resume_inside_a_sampling_round_trains_on_the_saved_rollouts(tiny_tok, t
     orig, calls = HFEngine.generate, []
     monkeypatch.setattr(HFEngine, "generate", lambda self, p, spec, **kw: calls.append(len(p)) or orig(self, p, spec,
                                                                                                         **kw))
-    resumed = build_tiny_model(tiny_tok, seed=0)
-    train(c, examples(), resumed, tiny_tok, tmp_path / "part", resume=True)
-    assert calls == [4]  # step 4 only: step 3's came from the checkpoint
-    a, b = weights(full), weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    shutil.copytree(tmp_path / "part", tmp_path / "two")  # as if written by 2 processes: 2 + 2 rollouts
+    shutil.copytree(tmp_path / "part", tmp_path / "bad")
+
+    def state_file(run):
+        return tmp_path / run / "checkpoints" / ck.name / "trainer_state.json"
+    state = json.loads(state_file("two").read_text())
+    rows = state["pending_rollouts"][0]["2"]
+    state_file("two").write_text(json.dumps({**state, "pending_rollouts": [{"2": rows[:2]}, {"2": rows[2:]}]}))
+    state_file("bad").write_text(json.dumps({**state, "pending_rollouts": [{"2": rows[:3]}]}))
+    for run in ("part", "two"):
+        resumed = build_tiny_model(tiny_tok, seed=0)
+        calls.clear()
+        train(c, examples(), resumed, tiny_tok, tmp_path / run, resume=True)
+        assert calls == [4]  # step 4 only: step 3's came from the checkpoint
+        a, b = weights(full), weights(resumed)
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+    with pytest.raises(TrainingError, match=r"bad/checkpoints/step-000002: holds 3 rollouts sampled ahead for step "
+                                            r"3, where this run's step takes 4"):
+        train(c, examples(), build_tiny_model(tiny_tok, seed=0), tiny_tok, tmp_path / "bad", resume=True)
 
 
 @pytest.mark.parametrize("keep", [True, False])

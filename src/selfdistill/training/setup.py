@@ -163,15 +163,19 @@ class Run:
         return {"pending_rollouts": ranks} if any(ranks) else {}
 
     def restore_pending(self, state: dict, where: Path) -> None:
-        """This rank's rollouts sampled ahead, from a checkpoint's trainer_state (`pending_state`)."""
-        ranks = state.get("pending_rollouts")
-        if not ranks:
-            return
-        if len(ranks) != self.world:
-            raise TrainingError(f"{where}: holds rollouts sampled ahead by {len(ranks)} processes; resume it with "
-                                f"{len(ranks)} processes (this run has {self.world})")
-        self.pending = {int(k): [Completion(ids, lps) for ids, lps in v]
-                        for k, v in ranks[self.acc.process_index].items()}
+        """This rank's rollouts sampled ahead, from a checkpoint's trainer_state (`pending_state`). Each step's
+        rollouts are the ranks' lists end to end (the step's global batch in order), cut again for this run's
+        processes, so a resume on another number of processes trains on the same rollouts."""
+        ranks = state.get("pending_rollouts") or []
+        n, rank = self.per_rank * self.cfg.rollout.num_rollouts, self.acc.process_index
+        self.pending = {}
+        for s in sorted({int(k) for r in ranks for k in r}):
+            every = [Completion(ids, lps) for r in ranks for ids, lps in r.get(str(s), [])]
+            if len(every) != n * self.world:
+                raise TrainingError(f"{where}: holds {len(every)} rollouts sampled ahead for step {s + 1}, where this "
+                                    f"run's step takes {n * self.world} (train.prompts_per_step x "
+                                    f"rollout.num_rollouts); resume with the settings it was written with")
+            self.pending[s] = every[rank * n:(rank + 1) * n]
 
     def amp(self):
         return torch.autocast(device_type=self.acc.device.type, dtype=torch.bfloat16, enabled=self.autocast)
