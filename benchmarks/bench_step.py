@@ -97,7 +97,6 @@ def _env_setup() -> None:
 # Children (each runs in a fresh process and writes one JSON file)
 
 
-
 def measured(ends: list[float], warmup: int) -> list[float]:
     """Step times from consecutive step-end times, the first `warmup` steps left out (ends[0] ends step 1)."""
     return [e - s for s, e in zip(ends[warmup - 1:], ends[warmup:])]
@@ -344,7 +343,7 @@ def main() -> None:
     ap.add_argument("--steps-per-generation", type=int, default=1, dest="steps_per_generation",
                     help="rollouts of K optimizer steps sampled in one call, on both sides (ours: "
                          "rollout.steps_per_generation with importance weights; TRL: steps_per_generation, IS clip "
-                         "2.0); keep --steps - --warmup a multiple of K")
+                         "2.0); K must divide --warmup and --steps - --warmup")
     ap.add_argument("--engines", default="hf,hf-bf16,vllm",
                     help="rollout engines for our SDFT step: hf (in the paired runs) and, one run each, the others "
                          "(hf-bf16: hf with rollout.dtype=bfloat16)")
