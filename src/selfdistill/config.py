@@ -78,7 +78,7 @@ class RolloutConfig:
     engine: str = "hf"  # hf (a decoding loop on the live weights) | vllm (optional extra; see docs/vllm.md)
     batch_size: int = 0  # sequences per engine call; 0: all of a process's rollouts for the optimizer step in one call
     dtype: str = "model"  # weights rollouts are sampled with: model (the trainer's) | float32 | bfloat16 (hf: a copy)
-    steps_per_generation: int = 1  # optimizer steps whose rollouts one sampling round draws (TRL's key); >1: stale, IS-corrected
+    steps_per_generation: int = 1  # optimizer steps one sampling round serves (TRL's key); >1: IS-weighted
 
 
 @dataclass

@@ -92,7 +92,8 @@ def test_rollouts_sampled_ahead_are_saved_from_every_rank(runs):
     """The checkpoint after step 2 holds step 3's rollouts (sampled at step 1): each rank's 2, together the single
     process's 4 (greedy), in rank order; the last checkpoint holds none."""
     def pending(run, step):
-        state = json.loads((runs / run / "sdft" / "checkpoints" / f"step-{step:06d}" / "trainer_state.json").read_text())
+        ck = runs / run / "sdft" / "checkpoints" / f"step-{step:06d}"
+        state = json.loads((ck / "trainer_state.json").read_text())
         return state.get("pending_rollouts")
     (one,), (r0, r1) = pending("single", STEPS - 1), pending("multi", STEPS - 1)
     key = str(STEPS - 1)
