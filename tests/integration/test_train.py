@@ -535,8 +535,11 @@ def test_resume_inside_a_sampling_round_trains_on_the_saved_rollouts(tiny_tok, t
     assert len(saved) == 1 and list(saved[0]) == ["2"] and len(saved[0]["2"]) == 4
     from selfdistill.engines import HFEngine
     orig, calls = HFEngine.generate, []
-    monkeypatch.setattr(HFEngine, "generate", lambda self, p, spec, **kw: calls.append(len(p)) or orig(self, p, spec,
-                                                                                                        **kw))
+
+    def counted(self, prompt_ids, spec, **kw):
+        calls.append(len(prompt_ids))
+        return orig(self, prompt_ids, spec, **kw)
+    monkeypatch.setattr(HFEngine, "generate", counted)
     shutil.copytree(tmp_path / "part", tmp_path / "two")  # as if written by 2 processes: 2 + 2 rollouts
     shutil.copytree(tmp_path / "part", tmp_path / "bad")
 
