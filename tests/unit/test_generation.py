@@ -185,3 +185,49 @@ def test_rollout_dtype_copy_samples_like_the_model_cast_and_follows_every_sync(t
         assert torch.equal(d, s.to(torch.bfloat16))
     assert weights_copy(copy, torch.bfloat16) is None  # already in that dtype: the engine uses the live module
     assert HFEngine(model, tiny_tok.pad_token_id, dtype="float32").copy is None
+
+
+def test_in_place_cache_layer_holds_what_transformers_dynamic_layer_holds():
+    """`InPlaceLayer` against transformers' `DynamicLayer` fed the same keys and values: equal contents after
+    every update (one token or several at a time, past its room so that it grows) and after rows leave; its
+    tensors are views of one buffer that only grows when full."""
+    from transformers.cache_utils import DynamicLayer
+    from selfdistill.engines.hf import InPlaceLayer
+    g = torch.Generator().manual_seed(0)
+    kv = lambda b, t: (torch.randn(b, 2, t, 4, generator=g), torch.randn(b, 2, t, 3, generator=g))  # noqa: E731
+    stock = DynamicLayer()
+    stock.update(*kv(5, 6))
+    ours = InPlaceLayer(stock, room=3)
+    stock.update(*(init := kv(5, 1)))  # the layer copied is not the one updated: feed both from here on
+    ours.update(*init)
+    bufs = set()
+    for b, t in [(5, 1), (5, 2), (5, 1), (3, 1), (3, 4), (3, 1)]:
+        if b < stock.keys.shape[0]:
+            idx = torch.tensor([0, 2, 4])
+            stock.batch_select_indices(idx)
+            ours.batch_select_indices(idx)
+        new = kv(b, t)
+        got, want = ours.update(*new), stock.update(*new)
+        assert all(torch.equal(x, y) for x, y in zip(got, want))
+        assert torch.equal(ours.keys, stock.keys) and ours.get_seq_length() == stock.get_seq_length()
+        assert ours.keys.untyped_storage().data_ptr() == ours.key_buf.untyped_storage().data_ptr()
+        bufs.add(ours.key_buf.untyped_storage().data_ptr())
+    assert 1 < len(bufs) < 6  # it grew (room 3, 11 tokens more) and rows left, but not at every step
+
+
+def test_decoding_with_in_place_cache_equals_transformers_dynamic_cache(tiny_tok, monkeypatch):
+    """The decoding loop's in-place cache changes nothing: the same sampled ids and log-probs, bit for bit, as with
+    transformers' own dynamic cache, with rows that stop early and a budget past the cache's first room."""
+    from selfdistill.engines import hf
+    model = build_tiny_model(tiny_tok)
+    free = [c.ids for c in sample(model, tiny_tok, SamplingSpec(max_new_tokens=300, stop_ids=()), seed=3)]
+    stop = next(t for t in free[0][:20] if any(t not in row[:270] for row in free[1:]))  # ends row 0 early only
+    spec = SamplingSpec(max_new_tokens=300, stop_ids=(stop,))
+    runs = {}
+    for name in ("in_place", "stock"):
+        if name == "stock":
+            monkeypatch.setattr(hf, "grow_in_place", lambda cache, room: None)
+        runs[name] = [(c.ids, c.logprobs) for c in sample(model, tiny_tok, spec, seed=3)]
+    lengths = [len(ids) for ids, _ in runs["stock"]]
+    assert runs["in_place"] == runs["stock"]
+    assert max(lengths) > 257 and min(lengths) < 300, lengths  # grown past 256 slots; a row stopped early
