@@ -18,7 +18,7 @@ from selfdistill.engines import Completion, rollout_spec
 from selfdistill.losses import DivergenceSpec, distillation_loss, sequence_importance_weights, token_logprobs_BT
 from selfdistill.training import train
 from selfdistill.training.batches import completion_logits, pack
-from selfdistill.training.steps import importance_weights, sample_rollouts, sdft_micro_step
+from selfdistill.training.steps import importance_weights, loss_chunk_rows, sample_rollouts, sdft_micro_step
 from selfdistill.training.teacher import Teacher
 
 COMPLETIONS = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
@@ -114,6 +114,46 @@ def test_importance_weights_peak_memory_is_a_chunk_not_the_whole_logits():
         importance_weights(logits, sb, lps, cfg)
     largest = max(e.cpu_memory_usage for e in prof.events())
     assert largest <= 32 * V * 4 * 1.1 < B * T * V * 4 / 10, largest
+
+
+def test_cpu_loss_chunks_fit_the_kept_heap_and_leave_the_loss_and_gradient_bit_for_bit():
+    """On CPU with train.malloc_keep_freed, loss.chunk_size 256 becomes 21 rows for a 49,152-token vocabulary (a
+    4 MiB float32 chunk, `host_memory.heap_rows`); elsewhere or with the setting off it stays. Rows are
+    independent: the chunked loss, its gradient and the trainer's log-probs are the same bits at 21 and 256."""
+    B, T, V = 2, 150, 49_152
+    logits, sb = _packed(B, T, V)
+    cfg = load_config(overrides={"loss.chunk_size": 256})
+    off = load_config(overrides={"loss.chunk_size": 256, "train.malloc_keep_freed": False})
+    assert loss_chunk_rows(cfg, logits, 256) == 21 and loss_chunk_rows(cfg, logits, 16) == 16
+    assert loss_chunk_rows(off, logits, 256) == 256 and loss_chunk_rows(cfg, logits.to("meta"), 256) == 256
+    teacher = torch.randn(B, T, V, generator=torch.Generator().manual_seed(2))
+    out = {}
+    for rows in (21, 256):
+        s = logits.clone().requires_grad_()
+        loss, _ = distillation_loss(s, teacher, sb.completion_mask_BT, DivergenceSpec(), num_sequences_total=B,
+                                    chunk_size=rows)
+        loss.backward()
+        out[rows] = (loss.detach(), s.grad, token_logprobs_BT(logits, sb.completion_ids_BT, rows))
+    assert all(torch.equal(a, b) for a, b in zip(out[21], out[256]))
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("support,chunk", [("full", None), ("full", 3), ("top_k", None)])
+def test_the_loss_takes_teacher_logits_made_under_inference_mode(divergence, support, chunk):
+    """The teacher scores under inference_mode and its logits go to the loss as they are (no copy): every
+    divergence, support and chunking gives the value and student gradient it gives on an ordinary tensor."""
+    g = torch.Generator().manual_seed(3)
+    s0, t = torch.randn(2, 5, 40, generator=g), torch.randn(2, 5, 40, generator=g)
+    with torch.inference_mode():
+        t_inference = t.clone()
+    spec = DivergenceSpec(divergence=divergence, support=support, top_k=5)
+    out = []
+    for teacher in (t, t_inference):
+        s = s0.clone().requires_grad_()
+        loss, _ = distillation_loss(s, teacher, torch.ones(2, 5), spec, num_sequences_total=2, chunk_size=chunk)
+        loss.backward()
+        out.append((loss.detach(), s.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
 
 
 def test_importance_weights_cover_exactly_the_loss_tokens(tiny_tok):

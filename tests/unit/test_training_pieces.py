@@ -64,9 +64,9 @@ def test_stop_flag_a_repeat_within_a_second_is_the_same_stop_and_a_later_one_sto
         flag(signal.SIGINT, None)
 
 
-HEAP_AND_FAULTS = """
+MALLINFO = """
 import ctypes, resource, sys, torch
-from selfdistill.training.host_memory import keep_freed_memory
+from selfdistill.training.host_memory import heap_rows, keep_freed_memory
 
 class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, in bytes
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -74,6 +74,8 @@ class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, in bytes
 
 mallinfo2 = ctypes.CDLL(None).mallinfo2
 mallinfo2.restype = MallInfo2
+"""
+HEAP_AND_FAULTS = MALLINFO + """
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 mapped_before = mallinfo2().hblkhd
 x = torch.ones(1 << 20)  # a 4 MiB block
@@ -107,3 +109,26 @@ def test_keep_freed_memory_serves_blocks_from_the_heap_and_keeps_them_after_free
         assert max(repeats[-3:]) < 100, out
     else:
         assert mapped_by_it >= 4 << 20, out
+
+
+LOSS_CHUNKS = MALLINFO + """
+keep_freed_memory()
+for rows in (heap_rows(256, 49152 * 4), 256):  # a loss chunk's float32 [rows, V] buffer, SmolLM2's vocabulary
+    before = mallinfo2().hblkhd
+    x = torch.empty(rows, 49152)
+    print(rows, mallinfo2().hblkhd - before)
+    del x
+"""
+
+
+def test_loss_chunks_of_heap_rows_come_from_the_kept_heap():
+    """`heap_rows` caps a chunk at 4 MiB, an eighth of glibc's mmap threshold: after keep_freed_memory a 21-row
+    chunk of a 49,152-token vocabulary comes from the heap (mapped bytes unchanged), a 256-row one (50 MB) is
+    mapped on its own and faulted in afresh at every use."""
+    from selfdistill.training.host_memory import heap_rows
+    assert heap_rows(256, 49152 * 4) == 21 and heap_rows(16, 49152 * 4) == 16 and heap_rows(256, 1 << 30) == 1
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's (elsewhere keep_freed_memory returns False and changes nothing)")
+    out = subprocess.run([sys.executable, "-c", LOSS_CHUNKS], env=subprocess_env(), text=True,
+                         capture_output=True, check=True).stdout.split()
+    assert out == ["21", "0", "256", out[3]] and int(out[3]) >= 256 * 49152 * 4, out

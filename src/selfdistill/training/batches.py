@@ -41,8 +41,10 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int, de
 
 
 def completion_logits(model, batch: Packed) -> torch.Tensor:
-    """Logits predicting each completion token: [B, T, V] (only completion positions go through lm_head)."""
-    T = batch.completion_ids_BT.shape[1]
+    """Logits predicting each completion token: [B, T, V], contiguous (only those positions go through lm_head:
+    transformers' `logits_to_keep` as indices; slicing T + 1 kept positions left a view that the loss copied)."""
+    L, T = batch.input_ids_BL.shape[1], batch.completion_ids_BT.shape[1]
+    keep_T = torch.arange(L - T - 1, L - 1, device=batch.input_ids_BL.device)
     out = model(input_ids=batch.input_ids_BL, attention_mask=batch.attention_mask_BL,
-                position_ids=batch.position_ids_BL, use_cache=False, logits_to_keep=T + 1)
-    return out.logits[:, :-1, :]
+                position_ids=batch.position_ids_BL, use_cache=False, logits_to_keep=keep_T)
+    return out.logits

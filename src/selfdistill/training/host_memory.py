@@ -10,7 +10,7 @@ step of `make bench`'s settings (SmolLM2-135M, 8 x 64 tokens, 2-core CPU, docs/p
 forward + loss + backward 2.9-3.0 s instead of 4.4-4.7 s, the step 9.5-9.8 s instead of 11.0-11.4 s, peak RSS
 4903 MB instead of 4725 MB (memory freed stays with the process until it exits). `train.malloc_keep_freed=false`
 leaves glibc's policy alone; other C libraries (musl, macOS) are left alone too. jemalloc or tcmalloc through
-LD_PRELOAD do this job for a whole process.
+LD_PRELOAD do this job for a whole process. `heap_rows` keeps the loss's chunks under the threshold.
 """
 
 from __future__ import annotations
@@ -35,3 +35,15 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
+
+
+HEAP_BLOCK_BYTES = MMAP_THRESHOLD_BYTES // 8  # 4 MiB
+
+
+def heap_rows(rows: int, row_bytes: int) -> int:
+    """`rows`, or as many rows of `row_bytes` as fit in `HEAP_BLOCK_BYTES` if fewer, so that a buffer of them comes
+    from the heap `keep_freed_memory` keeps. A block over the mmap threshold is mapped fresh and faulted in page by
+    page at every use: inside a training step the loss's `[256, 49152]` float32 chunks (50 MB) made its log-softmax
+    and exp up to 9x slower. Blocks of 16 MiB made the heap grow step after step (peak RSS +100-250 MB); at 4 MiB
+    and under it did not (docs/performance.md)."""
+    return max(1, min(rows, HEAP_BLOCK_BYTES // row_bytes))

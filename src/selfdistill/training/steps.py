@@ -34,6 +34,7 @@ from ..engines import Completion
 from . import distributed
 from .batches import Packed, completion_logits, pack
 from .errors import TrainingError
+from .host_memory import heap_rows
 from .teacher import Teacher
 
 
@@ -43,13 +44,23 @@ def tempered(logits_BTV: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits_BTV if temperature == 1.0 else logits_BTV / temperature
 
 
+def loss_chunk_rows(cfg: Config, logits_BTV: torch.Tensor, rows: int) -> int:
+    """Completion positions per chunk of the loss's [n, V] float32 work: `rows` (loss.chunk_size), on CPU with
+    train.malloc_keep_freed at most what keeps a chunk in the heap (`host_memory.heap_rows`: 21 rows for a
+    49,152-token vocabulary). Rows are computed independently, so the loss and its gradient do not depend on it."""
+    if cfg.train.malloc_keep_freed and logits_BTV.device.type == "cpu":
+        return heap_rows(rows, logits_BTV.shape[-1] * 4)
+    return rows
+
+
 def importance_weights(student_logits_BTV, sb: Packed, sampler_lps: list[list[float]], cfg: Config,
                        keep_BT: torch.Tensor | None = None):
     """Truncated IS weight per sequence (trainer log-probs vs the sampler's) over exactly the loss's tokens (the
     first skip_first_tokens and, with loss.mask_reasoning, the reasoning blocks left out), and the fraction of
     those tokens whose ratio hit the cap. The trainer's log-probs are computed chunk by chunk
     (losses.token_logprobs_BT): no [B, T, V] float32 tensor besides the logits."""
-    train_lp_BT = losses.token_logprobs_BT(student_logits_BTV, sb.completion_ids_BT, cfg.loss.chunk_size or 256)
+    train_lp_BT = losses.token_logprobs_BT(student_logits_BTV, sb.completion_ids_BT,
+                                           loss_chunk_rows(cfg, student_logits_BTV, cfg.loss.chunk_size or 256))
     sampler_BT = torch.zeros_like(train_lp_BT)
     for b, lp in enumerate(sampler_lps):
         sampler_BT[b, :len(lp)] = torch.tensor(lp)
@@ -112,20 +123,21 @@ def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], ro
     with distributed.no_grad_for(model), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
         teacher_logits_BTV = completion_logits(teacher_model, pack(teacher_prompts, completions,
                                                                    tokenizer.pad_token_id, device)).float()
-    teacher_logits_BTV = tempered(teacher_logits_BTV.clone(), T)  # clone: leave inference mode for autograd
+    teacher_logits_BTV = tempered(teacher_logits_BTV, T)  # an inference tensor: the loss reads it, never saves it
     t2 = time.perf_counter()
     timings["student"] -= t2  # forward + loss here, backward in the loop: both count as "student"
     sb = pack(student_prompts, completions, tokenizer.pad_token_id, device)
     with amp():  # 3. the student scores them with gradient
         student_logits_BTV = tempered(completion_logits(model, sb), T)
     keep_BT = reasoning_keep_mask(tokenizer, student_prompts, sb) if cfg.loss.mask_reasoning else None
+    chunk_rows = loss_chunk_rows(cfg, student_logits_BTV, cfg.loss.chunk_size) if cfg.loss.chunk_size else None
     weights_B, capped_frac = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg,
                                                 keep_BT) if cfg.loss.importance_weights else (None, None)
     loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
         student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT, losses.DivergenceSpec.from_config(cfg.loss),
         skip_first_tokens=cfg.loss.skip_first_tokens,
         num_sequences_total=num_sequences_total, importance_weights_B=weights_B,
-        chunk_size=(cfg.loss.chunk_size or None) if cfg.loss.support == "full" else None,  # top-k: not chunked
+        chunk_size=chunk_rows if cfg.loss.support == "full" else None,  # top-k: not chunked
         keep_mask_BT=keep_BT)
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
