@@ -130,14 +130,15 @@ def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], ro
     with amp():  # 3. the student scores them with gradient
         student_logits_BTV = tempered(completion_logits(model, sb), T)
     keep_BT = reasoning_keep_mask(tokenizer, student_prompts, sb) if cfg.loss.mask_reasoning else None
-    chunk_rows = loss_chunk_rows(cfg, student_logits_BTV, cfg.loss.chunk_size) if cfg.loss.chunk_size else None
+    chunk_rows = loss_chunk_rows(cfg, student_logits_BTV, cfg.loss.chunk_size) \
+        if cfg.loss.chunk_size and cfg.loss.support == "full" else None  # 0: unchunked; top-k: not chunked
     weights_B, capped_frac = importance_weights(student_logits_BTV, sb, [r.logprobs for r in rollouts], cfg,
                                                 keep_BT) if cfg.loss.importance_weights else (None, None)
     loss, metrics = losses.distillation_loss(  # 4. per-token divergence, masked and averaged
         student_logits_BTV, teacher_logits_BTV, sb.completion_mask_BT, losses.DivergenceSpec.from_config(cfg.loss),
         skip_first_tokens=cfg.loss.skip_first_tokens,
         num_sequences_total=num_sequences_total, importance_weights_B=weights_B,
-        chunk_size=chunk_rows if cfg.loss.support == "full" else None,  # top-k: not chunked
+        chunk_size=chunk_rows,
         keep_mask_BT=keep_BT)
     timings["teacher"] += t2 - t1
     timings["student"] += time.perf_counter()
