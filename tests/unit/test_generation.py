@@ -231,3 +231,25 @@ def test_decoding_with_in_place_cache_equals_transformers_dynamic_cache(tiny_tok
     lengths = [len(ids) for ids, _ in runs["stock"]]
     assert runs["in_place"] == runs["stock"]
     assert max(lengths) > 257 and min(lengths) < 300, lengths  # grown past 256 slots; a row stopped early
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_lm_head_gets_one_contiguous_position_per_row_in_every_decoding_forward(tiny_tok, dtype):
+    """The prefill (shared prefix and each prompt's rest) and every decode step hand the LM head one position per
+    row as a contiguous tensor: a strided slice of the hidden states makes torch's CPU matmul run bf16 as a batched
+    product over a copy of the head's weight per row (480 ms a call for SmolLM2 at 8 rows). The first token's
+    logits are the full forward's last-position logits."""
+    from selfdistill.engines.hf import cache_key, prefill
+    model = build_tiny_model(tiny_tok).to(dtype)
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(
+        lambda mod, args: seen.append((tuple(args[0].shape[1:2]), args[0].is_contiguous())))
+    ps = prompts(tiny_tok)
+    sample(model, tiny_tok, SamplingSpec(max_new_tokens=3, stop_ids=()))
+    assert len(seen) == 2 + 2 and set(seen) == {((1,), True)}, seen  # prefix, rest, 2 decode steps
+    seen.clear()
+    logits_BV, _, _ = prefill(model, ps, tiny_tok.pad_token_id, torch.device("cpu"), cache_key(model))
+    for b, p in enumerate(ps):
+        with torch.no_grad():
+            want_V = model(input_ids=torch.tensor([p])).logits[0, -1]
+        torch.testing.assert_close(logits_BV[b], want_V, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
