@@ -247,7 +247,6 @@ def test_the_lm_head_gets_one_contiguous_position_per_row_in_every_decoding_forw
     ps = prompts(tiny_tok)
     sample(model, tiny_tok, SamplingSpec(max_new_tokens=3, stop_ids=()))
     assert len(seen) == 2 + 2 and set(seen) == {((1,), True)}, seen  # prefix, rest, 2 decode steps
-    seen.clear()
     logits_BV, _, _ = prefill(model, ps, tiny_tok.pad_token_id, torch.device("cpu"), cache_key(model))
     for b, p in enumerate(ps):
         with torch.no_grad():
