@@ -9,7 +9,7 @@ from helpers import build_tiny_model
 from selfdistill.contexts import render_prompt_ids
 from selfdistill.engines import (GenerationAborted, HFEngine, SamplingSpec, cut_at_stop, greedy_spec,
                                     ignored_generation_settings, prompt_seeds)
-from selfdistill.engines.hf import RowSampler
+from selfdistill.engines.hf import InPlaceLayer, RowSampler, cache_key, prefill
 from selfdistill.training.batches import completion_logits, pack
 
 
@@ -192,7 +192,6 @@ def test_in_place_cache_layer_holds_what_transformers_dynamic_layer_holds():
     every update (one token or several at a time, past its room so that it grows) and after rows leave; its
     tensors are views of one buffer that only grows when full."""
     from transformers.cache_utils import DynamicLayer
-    from selfdistill.engines.hf import InPlaceLayer
     g = torch.Generator().manual_seed(0)
     kv = lambda b, t: (torch.randn(b, 2, t, 4, generator=g), torch.randn(b, 2, t, 3, generator=g))  # noqa: E731
     stock = DynamicLayer()
@@ -239,7 +238,6 @@ def test_the_lm_head_gets_one_contiguous_position_per_row_in_every_decoding_forw
     row as a contiguous tensor: a strided slice of the hidden states makes torch's CPU matmul run bf16 as a batched
     product over a copy of the head's weight per row (480 ms a call for SmolLM2 at 8 rows). The first token's
     logits are the full forward's last-position logits."""
-    from selfdistill.engines.hf import cache_key, prefill
     model = build_tiny_model(tiny_tok).to(dtype)
     seen = []
     model.get_output_embeddings().register_forward_pre_hook(

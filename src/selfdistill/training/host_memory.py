@@ -22,6 +22,7 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 32 << 20  # blocks up to glibc's own largest threshold come from the heap
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # the heap's free top is kept (the largest value mallopt takes: an int)
+HEAP_BLOCK_BYTES = MMAP_THRESHOLD_BYTES // 8  # 4 MiB: the loss's chunks stay under it (heap_rows)
 
 
 def keep_freed_memory() -> bool:
@@ -35,9 +36,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
-
-
-HEAP_BLOCK_BYTES = MMAP_THRESHOLD_BYTES // 8  # 4 MiB
 
 
 def heap_rows(rows: int, row_bytes: int) -> int:
