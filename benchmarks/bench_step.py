@@ -19,10 +19,10 @@ Settings, identical on both sides (see docs/performance.md):
   engine; TRL: min_new_tokens in its generation_kwargs), so every step does the same work; --free-length turns
   it off.
   Both use a fused AdamW (TRL's default adamw_torch_fused; ours torch.optim.AdamW(fused=True)).
-Engine column (--engines hf,hf-bf16,vllm): our SDFT step with rollout.engine=vllm (vLLM's in-process CPU engine,
-  float32, enforce_eager; its start-up is in the process time, not in the step times) and with rollout.dtype=bfloat16
-  on the hf engine (rollouts from a bf16 copy; student, teacher and loss unchanged), one run each at the same
-  settings.
+Engine column (--engines hf,hf-bf16,vllm,vllm-bf16): our SDFT step with rollout.engine=vllm (vLLM's in-process CPU
+  engine, enforce_eager; its start-up is in the process time, not in the step times) and, `-bf16`, with
+  rollout.dtype=bfloat16 (hf: rollouts from a bf16 copy; vllm: the engine's weights in bf16; student, teacher and
+  loss unchanged), one run each at the same settings.
 
 Step time = time between consecutive step-end callbacks (our train()'s on_step, TRL's on_step_end), so it
 includes everything each framework does per step; the first --warmup steps of every run (default 2: lazy
@@ -120,7 +120,7 @@ def child_ours(a) -> dict:
     if not a.free_length:  # no stop id can be sampled: every rollout is max_new_tokens long, on either engine
         import selfdistill.training.setup as training_setup  # where the rollout spec's stop ids are read
         training_setup.stop_ids_for = lambda tokenizer, model=None: ()
-    engine, rollout_dtype = ("hf", "bfloat16") if a.engine == "hf-bf16" else (a.engine, "model")
+    engine, rollout_dtype = engine_settings(a.engine)
     cfg = load_config(preset="cpu", overrides={
         "train.method": a.child, "train.max_steps": 1000, "train.prompts_per_step": a.prompts,
         "train.micro_batch_size": a.prompts, "rollout.max_new_tokens": a.max_new_tokens,
@@ -263,6 +263,14 @@ def child_loss(a) -> dict:
 # Parent
 
 
+def engine_settings(name: str) -> tuple[str, str]:
+    """An --engines name, `hf`, `vllm` or either with `-bf16`, as (rollout.engine, rollout.dtype)."""
+    engine, _, dtype = name.partition("-")
+    if engine not in ("hf", "vllm") or dtype not in ("", "bf16"):
+        raise SystemExit(f"unknown engine {name!r}: hf, hf-bf16, vllm or vllm-bf16")
+    return engine, "bfloat16" if dtype else "model"
+
+
 def run_child(kind: str, a, workdir: str, engine: str = "hf", **extra) -> dict:
     out = Path(workdir) / f"{kind}-{time.time_ns()}.json"
     cmd = [sys.executable, __file__, "--child", kind, "--json", str(out), "--workdir", workdir, "--engine", engine,
@@ -289,13 +297,13 @@ def print_engine_table(runs_by_engine: dict[str, list[dict]], note: str, spg: in
     print(f"\n== our SDFT step by rollout engine ({note}) ==")
     what = "median" if spg == 1 else "mean"
     print(f"(step: {what} time between step ends; phases: {what} of the metrics records)")
-    print(f"{'engine':8s} {'step s':>8s} {'generate s':>11s} {'gen tok/s':>10s} {'teacher s':>10s} "
+    print(f"{'engine':9s} {'step s':>8s} {'generate s':>11s} {'gen tok/s':>10s} {'teacher s':>10s} "
           f"{'student s':>10s} {'peak RSS MB':>12s} {'process s':>10s}")
     for name, runs in runs_by_engine.items():
         ph = {k: central([x for r in runs for x in r["phases"][k]], spg) for k in runs[0]["phases"]}
         tok = central([x for r in runs for x in r["tokens_per_step"]], spg)
         step = central([x for r in runs for x in r["step_times"]], spg)
-        print(f"{name:8s} {step:8.2f} {ph['generate']:11.2f} {tok / ph['generate']:10.1f} "
+        print(f"{name:9s} {step:8.2f} {ph['generate']:11.2f} {tok / ph['generate']:10.1f} "
               f"{ph['teacher']:10.2f} {ph['student']:10.2f} {statistics.median(r['peak_rss_mb'] for r in runs):12.0f} "
               f"{statistics.median(r['wall_s'] for r in runs):10.0f}")
 
@@ -344,9 +352,9 @@ def main() -> None:
                     help="rollouts of K optimizer steps sampled in one call, on both sides (ours: "
                          "rollout.steps_per_generation with importance weights; TRL: steps_per_generation, IS clip "
                          "2.0); K must divide --warmup and --steps - --warmup")
-    ap.add_argument("--engines", default="hf,hf-bf16,vllm",
+    ap.add_argument("--engines", default="hf,hf-bf16,vllm,vllm-bf16",
                     help="rollout engines for our SDFT step: hf (in the paired runs) and, one run each, the others "
-                         "(hf-bf16: hf with rollout.dtype=bfloat16)")
+                         "(-bf16: with rollout.dtype=bfloat16)")
     ap.add_argument("--engines-only", action="store_true", dest="engines_only",
                     help="only our SDFT step per engine (--engines), --runs alternated runs; no TRL/SFT/loss parts")
     ap.add_argument("--engine", default="hf", help=argparse.SUPPRESS)
