@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Rollout generation by engine: hf (selfdistill's decoding loop on the live module), hf-bf16 (the same on a
-bfloat16 copy, rollout.dtype=bfloat16) and vllm (colocated vLLM), same work.
+bfloat16 copy, rollout.dtype=bfloat16), vllm (colocated vLLM) and vllm-bf16 (its weights in bfloat16), same work.
 
 Run with `make bench` (after bench_step.py) or `.venv/bin/python benchmarks/bench_engines.py [--reps 3]`.
 One process, both engines on the same weights, calls alternated (hf, vllm, hf, vllm, ...) so that both see the
@@ -13,15 +13,16 @@ engine for data.max_prompt_tokens + rollout.max_new_tokens (cpu preset: 512 + 64
 (`sync_weights`, median of --reps).
 
 Last line: `vllm_over_hf_generate=<median vllm call / median hf call> vllm_startup_s=<x> vllm_push_s=<x>
-decode_vs_floor=<median hf call / weight-read floor> decode_vs_floor_vllm=<x> decode_vs_floor_hf_bf16=<x>`, the floor
+decode_vs_floor=<median hf call / weight-read floor> decode_vs_floor_<engine>=<x> for the others`, the floor
 being the call's decode steps x the model's float32 weight bytes / the machine's read bandwidth (measured here by
 summing a 1 GB tensor): how far each engine is from reading the trainer's weights once per decoded token. The
-table also gives hf-bf16 against its own floor (half the bytes).
+table also gives the bf16 engines against their own floor (half the bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -46,9 +47,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from bench_step import records
+    from bench_step import engine_settings, records
     from selfdistill.config import load_config
-    from selfdistill.engines import HFEngine, SamplingSpec, make_engine, prompt_seeds
+    from selfdistill.engines import SamplingSpec, make_engine, prompt_seeds
     from selfdistill.models import load_model
 
     model, tok, _ = load_model("smollm2-135m")
@@ -58,10 +59,14 @@ def main() -> None:
     spec = SamplingSpec(max_new_tokens=a.max_new_tokens, stop_ids=(), temperature=1.0, top_p=1.0)
     cfg = load_config(preset="cpu", overrides={"rollout.engine": "vllm", "rollout.max_new_tokens": a.max_new_tokens})
     load0 = tuple(round(x, 2) for x in os.getloadavg())
-    t0 = time.perf_counter()
-    engines = {"hf": HFEngine(model, tok.pad_token_id), "hf-bf16": HFEngine(model, tok.pad_token_id, dtype="bfloat16")}
-    engines["vllm"] = make_engine("vllm", model, tok, cfg)
-    startup = time.perf_counter() - t0
+    engines, startup = {}, {}
+    for name in ENGINES:  # hf-bf16's start-up is making its bf16 copy
+        kind, dtype = engine_settings(name)
+        t0 = time.perf_counter()
+        engines[name] = make_engine(kind, model, tok, dataclasses.replace(
+            cfg, rollout=dataclasses.replace(cfg.rollout, engine=kind, dtype=dtype)))
+        startup[name] = time.perf_counter() - t0
+    others = [name for name in ENGINES if name != "hf"]
     import vllm
 
     print(f"# selfdistill bench_engines  {datetime.datetime.now().isoformat(timespec='seconds')}")
@@ -79,14 +84,14 @@ def main() -> None:
             if rep:
                 times[name].append(dt)
             print(f"{'warm-up' if rep == 0 else f'rep {rep}'} {name:7s}: {dt:6.2f} s", flush=True)
-    push = {name: median_push(engines[name], model, a.reps) for name in ("vllm", "hf-bf16")}
+    push = {name: median_push(engines[name], model, a.reps) for name in others}
     n_tok = a.prompts * a.max_new_tokens
     weight_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     bw = read_bandwidth_gbs(torch)
     floor = a.max_new_tokens * weight_gb / bw  # every decode step reads every weight once (lm_head: the embedding)
     print(f"\n# weight-read floor: {a.max_new_tokens} steps x {weight_gb:.2f} GB / {bw:.1f} GB/s (measured read "
           f"bandwidth) = {floor:.2f} s per call")
-    own_floor = {"hf-bf16": floor / 2}
+    own_floor = {name: floor / 2 for name in ENGINES if name.endswith("-bf16")}
     print("\n| engine | generate s (median, min-max) | tokens/s | ms per decode step | x float32 floor | x own floor "
           "| start-up s | weight push s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -94,14 +99,17 @@ def main() -> None:
         med = statistics.median(times[name])
         print(f"| {name} | {med:.2f} ({min(times[name]):.2f}-{max(times[name]):.2f}) | {n_tok / med:.1f} | "
               f"{1000 * med / a.max_new_tokens:.0f} | {med / floor:.2f} | {med / own_floor.get(name, floor):.2f} | "
-              f"{startup if name == 'vllm' else 0:.1f} | {push.get(name, 0):.3f} |")
+              f"{startup[name]:.1f} | {push.get(name, 0):.3f} |")
     print(f"\n# load average at start {load0}, at end {tuple(round(x, 2) for x in os.getloadavg())} "
           f"(other processes on this machine inflate times)")
     ratio = statistics.median(times["vllm"]) / statistics.median(times["hf"])
-    print(f"vllm_over_hf_generate={ratio:.2f} vllm_startup_s={startup:.1f} vllm_push_s={push['vllm']:.3f} "
-          f"decode_vs_floor={statistics.median(times['hf']) / floor:.2f} "
-          f"decode_vs_floor_vllm={statistics.median(times['vllm']) / floor:.2f} "
-          f"decode_vs_floor_hf_bf16={statistics.median(times['hf-bf16']) / floor:.2f}")
+    print(f"vllm_over_hf_generate={ratio:.2f} vllm_startup_s={startup['vllm']:.1f} vllm_push_s={push['vllm']:.3f} "
+          f"decode_vs_floor={statistics.median(times['hf']) / floor:.2f}"
+          + "".join(f" decode_vs_floor_{name.replace('-', '_')}={statistics.median(times[name]) / floor:.2f}"
+                    for name in others))
+
+
+ENGINES = ("hf", "hf-bf16", "vllm", "vllm-bf16")  # bench_step.engine_settings names
 
 
 def median_push(engine, model, reps: int) -> float:
