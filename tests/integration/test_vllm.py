@@ -283,12 +283,13 @@ def test_sdft_with_vllm_lowers_the_loss_like_hf(tiny_tok, tmp_path):
 def test_sigkill_and_resume_with_vllm_equals_uninterrupted(tmp_path):
     args = {"overrides": {**WORKER_OV, "rollout.engine": "vllm", "data.max_prompt_tokens": 256},
             "model": {"hidden": 128}}
-    p = train_worker({**args, "output": str(tmp_path / "full")})
-    assert p.wait(300) == 0, p.communicate()
+    # the uninterrupted run and the one to kill side by side (one thread each), their vLLM start-ups overlapping
+    full = train_worker({**args, "output": str(tmp_path / "full")})
     p = train_worker({**args, "output": str(tmp_path / "killed")})
     wait_for(tmp_path / "killed" / "checkpoints" / "step-000003" / "COMPLETE", p, timeout=240)
     p.send_signal(signal.SIGKILL)
     p.wait(30)
+    assert full.wait(300) == 0, full.communicate()
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     p = train_worker({**args, "output": str(tmp_path / "killed"), "resume": True})
     assert p.wait(300) == 0, p.communicate()
