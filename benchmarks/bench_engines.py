@@ -22,7 +22,6 @@ table also gives the bf16 engines against their own floor (half the bytes).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -57,14 +56,14 @@ def main() -> None:
                                        tokenize=False) for r in records(a.prompts)]
     prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     spec = SamplingSpec(max_new_tokens=a.max_new_tokens, stop_ids=(), temperature=1.0, top_p=1.0)
-    cfg = load_config(preset="cpu", overrides={"rollout.engine": "vllm", "rollout.max_new_tokens": a.max_new_tokens})
     load0 = tuple(round(x, 2) for x in os.getloadavg())
     engines, startup = {}, {}
     for name in ENGINES:  # hf-bf16's start-up is making its bf16 copy
         kind, dtype = engine_settings(name)
+        cfg = load_config(preset="cpu", overrides={"rollout.engine": kind, "rollout.dtype": dtype,
+                                                   "rollout.max_new_tokens": a.max_new_tokens})
         t0 = time.perf_counter()
-        engines[name] = make_engine(kind, model, tok, dataclasses.replace(
-            cfg, rollout=dataclasses.replace(cfg.rollout, engine=kind, dtype=dtype)))
+        engines[name] = make_engine(kind, model, tok, cfg)
         startup[name] = time.perf_counter() - t0
     others = [name for name in ENGINES if name != "hf"]
     import vllm
