@@ -99,6 +99,7 @@ class LossConfig:
 class TeacherConfig:
     kind: str = "ema"  # ema | frozen | live
     ema_rate: float = 0.01  # teacher <- (1-a) teacher + a student, after every optimizer step
+    bf16: bool = False  # teacher pass under torch.autocast bfloat16 (weights, EMA stay float32); train.bf16 implies it
 
 
 @dataclass

@@ -185,3 +185,52 @@ def test_lora_on_bf16_keeps_the_frozen_base_in_bf16_and_saves_bf16(tiny_tok, tmp
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
     assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
     assert {v.dtype for v in final_weights(tmp_path / "o").values()} == {torch.bfloat16}
+
+
+def test_teacher_bf16_scores_under_bf16_autocast_and_trains_the_student_in_float32(tiny_tok):
+    """teacher.bf16: the loss is the divergence of the teacher's logits computed under bf16 autocast and the
+    student's float32 logits (gradient in float32), and differs from the float32 teacher's loss."""
+    cfg = load_config(overrides={"train.bf16": False, "teacher.bf16": True, "loss.skip_first_tokens": 1})
+    model = build_tiny_model(tiny_tok, seed=0)
+    teacher = Teacher(model, "ema", 0.01)
+    with torch.no_grad():
+        for p in teacher.copy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    items, _ = encode_examples(tiny_tok, examples(2), cfg.data, cfg.context)
+    rollouts = [Completion(list(c), None) for c in COMPLETIONS]
+    loss, _, _ = sdft_micro_step(model, teacher, tiny_tok, items, rollouts, cfg, 2, contextlib.nullcontext,
+                                 {"teacher": 0.0, "student": 0.0},
+                                 teacher_amp=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    loss.backward()
+    pad, spec = tiny_tok.pad_token_id, DivergenceSpec.from_config(cfg.loss)
+    sb = pack([e.student_prompt_ids for e in items], COMPLETIONS, pad, "cpu")
+    tb = pack([e.teacher_prompt_ids for e in items], COMPLETIONS, pad, "cpu")
+    with torch.no_grad():
+        s = completion_logits(model, sb).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            t_bf16 = completion_logits(teacher.copy, tb).float()
+        t_fp32 = completion_logits(teacher.copy, tb).float()
+        want, _ = distillation_loss(s, t_bf16, sb.completion_mask_BT, spec, skip_first_tokens=1,
+                                    num_sequences_total=2)
+        fp32_teacher, _ = distillation_loss(s, t_fp32, sb.completion_mask_BT, spec, skip_first_tokens=1,
+                                            num_sequences_total=2)
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
+    assert abs(float(fp32_teacher) - float(want)) > 1e-6 * abs(float(want))  # the check tells the two apart
+    assert {p.grad.dtype for p in model.parameters() if p.grad is not None} == {torch.float32}
+    assert {p.dtype for p in teacher.copy.parameters()} == {torch.float32}
+
+
+def test_teacher_bf16_in_train_changes_the_teacher_pass_only(tiny_tok, tmp_path):
+    """Through train(): teacher.bf16 samples the same rollouts as float32 and gives a loss within bf16's rounding
+    of it, but not the same one; the student and the EMA teacher stay float32."""
+    out = {}
+    for bf16 in (False, True):
+        cfg = load_config(overrides={"train.max_steps": 1, "train.prompts_per_step": 2, "train.micro_batch_size": 2,
+                                     "train.bf16": False, "teacher.bf16": bf16, "optim.warmup_steps": 0,
+                                     "rollout.max_new_tokens": 8, "log.progress": False})
+        res = train(cfg, examples(2), build_tiny_model(tiny_tok, seed=0), tiny_tok, tmp_path / str(bf16))
+        out[bf16] = res.metrics[0]
+        assert {p.dtype for p in res.model.parameters()} == {torch.float32}
+    assert out[True]["rollout_preview"] == out[False]["rollout_preview"]
+    assert out[True]["loss"] != out[False]["loss"]
+    assert out[True]["loss"] == pytest.approx(out[False]["loss"], rel=0.05)

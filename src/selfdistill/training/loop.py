@@ -99,7 +99,7 @@ def _micro_batch(run: Run, items: list, rollouts: list | None, i: int, timings: 
     if rollouts is None:
         return (*sft_micro_step(run.wrapped, run.tokenizer, mine, cfg, total, run.amp, cfg.train.method), [])
     return sdft_micro_step(run.wrapped, run.teacher, run.tokenizer, mine, rollouts[i * mb * R:(i + 1) * mb * R],
-                           cfg, total, run.amp, timings)
+                           cfg, total, run.amp, timings, teacher_amp=run.teacher_amp)
 
 
 def _apply_update(run: Run, nonfinite: bool, agg: dict) -> float:

@@ -180,6 +180,11 @@ class Run:
     def amp(self):
         return torch.autocast(device_type=self.acc.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
+    def teacher_amp(self):
+        """The teacher pass's autocast: the student's (train.bf16), or bf16 for the teacher alone (teacher.bf16)."""
+        return torch.autocast(device_type=self.acc.device.type, dtype=torch.bfloat16,
+                              enabled=self.autocast or self.cfg.teacher.bf16)
+
     def close(self) -> None:
         """Close the rollout engine `setup` started (vLLM: frees its weights and KV cache)."""
         if self.engine is not None:

@@ -7,7 +7,8 @@ One SDFT optimizer step (`loop.optimizer_step`):
                                                      one engine call, or calls of rollout.batch_size sequences)
 then per micro-batch (`sdft_micro_step`):
   2. teacher   q_t = pi_phi(. | Ctx_T(x, c), y_<t)  the teacher (EMA weights) scores the same completion ids
-                                                     with the demonstration in its context (inference_mode)
+                                                     with the demonstration in its context (inference_mode;
+                                                     teacher.bf16: under bf16 autocast, its weights float32)
   3. student   p_t = p_theta(. | Ctx_S(x), y_<t)    the student scores them with gradient
   4. loss      per-token forward KL(q_t || p_t) over the full vocabulary (default), first 3 completion tokens
                masked, token mean per sequence, mean over sequences (selfdistill.losses)
@@ -111,8 +112,10 @@ def sample_rollouts(model, engine, spec, items: list[Encoded], cfg: Config, seed
 
 
 def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], rollouts: list[Completion],
-                    cfg: Config, num_sequences_total: int, amp, timings: dict) -> tuple[torch.Tensor, dict, list]:
-    """2-4 on a micro-batch's items and their rollouts (from `sample_rollouts`)."""
+                    cfg: Config, num_sequences_total: int, amp, timings: dict,
+                    teacher_amp=None) -> tuple[torch.Tensor, dict, list]:
+    """2-4 on a micro-batch's items and their rollouts (from `sample_rollouts`). `teacher_amp`: the teacher pass's
+    autocast (teacher.bf16: bf16 for the teacher alone); `amp` when not given."""
     device = distributed.compute_device(model)
     R = cfg.rollout.num_rollouts
     student_prompts = [e.student_prompt_ids for e in items for _ in range(R)]
@@ -120,7 +123,7 @@ def sdft_micro_step(model, teacher: Teacher, tokenizer, items: list[Encoded], ro
     completions = [r.ids for r in rollouts]
     T = 1.0 if cfg.rollout.greedy else cfg.rollout.temperature
     t1 = time.perf_counter()
-    with distributed.no_grad_for(model), amp(), teacher.scoring() as teacher_model:  # 2. teacher scores them
+    with distributed.no_grad_for(model), (teacher_amp or amp)(), teacher.scoring() as teacher_model:  # 2. teacher
         teacher_logits_BTV = completion_logits(teacher_model, pack(teacher_prompts, completions,
                                                                    tokenizer.pad_token_id, device)).float()
     teacher_logits_BTV = tempered(teacher_logits_BTV, T)  # an inference tensor: the loss reads it, never saves it
