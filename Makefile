@@ -46,6 +46,7 @@ bench: $(VLLM_STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements-bench.txt
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_engines.py
+	$(PY) benchmarks/bench_teacher.py
 	$(PY) benchmarks/bench_eval_share.py
 
 clean:

@@ -59,7 +59,7 @@ def main() -> None:
     load0 = tuple(round(x, 2) for x in os.getloadavg())
     engines, startup = {}, {}
     for name in ENGINES:  # hf-bf16's start-up is making its bf16 copy
-        kind, dtype = engine_settings(name)
+        kind, dtype, _ = engine_settings(name)  # the teacher plays no part here
         cfg = load_config(preset="cpu", overrides={"rollout.engine": kind, "rollout.dtype": dtype,
                                                    "rollout.max_new_tokens": a.max_new_tokens})
         t0 = time.perf_counter()

@@ -19,10 +19,11 @@ Settings, identical on both sides (see docs/performance.md):
   engine; TRL: min_new_tokens in its generation_kwargs), so every step does the same work; --free-length turns
   it off.
   Both use a fused AdamW (TRL's default adamw_torch_fused; ours torch.optim.AdamW(fused=True)).
-Engine column (--engines hf,hf-bf16,vllm,vllm-bf16): our SDFT step with rollout.engine=vllm (vLLM's in-process CPU
-  engine, enforce_eager; its start-up is in the process time, not in the step times) and, `-bf16`, with
-  rollout.dtype=bfloat16 (hf: rollouts from a bf16 copy; vllm: the engine's weights in bf16; student, teacher and
-  loss unchanged), one run each at the same settings.
+Engine column (--engines hf,hf-bf16,vllm,vllm-bf16,vllm-bf16+teacher-bf16): our SDFT step with rollout.engine=vllm
+  (vLLM's in-process CPU engine, enforce_eager; its start-up is in the process time, not in the step times) and,
+  `-bf16`, with rollout.dtype=bfloat16 (hf: rollouts from a bf16 copy; vllm: the engine's weights in bf16; student,
+  teacher and loss unchanged); `+teacher-bf16` adds teacher.bf16=true (the teacher pass under bf16 autocast, its
+  weights float32; student and loss in float32); one run each at the same settings.
 
 Step time = time between consecutive step-end callbacks (our train()'s on_step, TRL's on_step_end), so it
 includes everything each framework does per step; the first --warmup steps of every run (default 2: lazy
@@ -32,7 +33,7 @@ The last line is:
   ratio_vs_trl=<ours/TRL steps per s> mem_vs_trl=<ours/TRL peak RSS> loss_mem_vs_naive=<x> sdft_over_sft=<x>
 (medians over the paired runs, 2 decimals), then for each engine of the engine column
   ratio_vs_trl_<engine>=<TRL / its step time> sdft_over_sft_<engine>=<its step / SFT step> (its one run against the
-  paired runs' TRL and SFT medians; e.g. ratio_vs_trl_hf_bf16, ratio_vs_trl_vllm).
+  paired runs' TRL and SFT medians; e.g. ratio_vs_trl_hf_bf16, ratio_vs_trl_vllm_bf16_teacher_bf16).
 """
 
 from __future__ import annotations
@@ -120,13 +121,14 @@ def child_ours(a) -> dict:
     if not a.free_length:  # no stop id can be sampled: every rollout is max_new_tokens long, on either engine
         import selfdistill.training.setup as training_setup  # where the rollout spec's stop ids are read
         training_setup.stop_ids_for = lambda tokenizer, model=None: ()
-    engine, rollout_dtype = engine_settings(a.engine)
+    engine, rollout_dtype, teacher_bf16 = engine_settings(a.engine)
     cfg = load_config(preset="cpu", overrides={
         "train.method": a.child, "train.max_steps": 1000, "train.prompts_per_step": a.prompts,
         "train.micro_batch_size": a.prompts, "rollout.max_new_tokens": a.max_new_tokens,
         "rollout.num_rollouts": 1, "rollout.temperature": 1.0, "loss.divergence": "forward_kl",
         "loss.support": "full", "loss.skip_first_tokens": 3, "loss.chunk_size": a.chunk_size,
-        "teacher.kind": "ema", "teacher.ema_rate": 0.01, "train.bf16": a.bf16, "log.progress": False,
+        "teacher.kind": "ema", "teacher.ema_rate": 0.01, "teacher.bf16": teacher_bf16, "train.bf16": a.bf16,
+        "log.progress": False,
         "log.rollout_examples": 0, "rollout.engine": engine, "rollout.dtype": rollout_dtype,
         "rollout.steps_per_generation": a.steps_per_generation,
         "loss.importance_weights": a.steps_per_generation > 1})
@@ -263,12 +265,20 @@ def child_loss(a) -> dict:
 # Parent
 
 
-def engine_settings(name: str) -> tuple[str, str]:
-    """An --engines name, `hf`, `vllm` or either with `-bf16`, as (rollout.engine, rollout.dtype)."""
-    engine, _, dtype = name.partition("-")
-    if engine not in ("hf", "vllm") or dtype not in ("", "bf16"):
-        raise SystemExit(f"unknown engine {name!r}: hf, hf-bf16, vllm or vllm-bf16")
-    return engine, "bfloat16" if dtype else "model"
+def engine_settings(name: str) -> tuple[str, str, bool]:
+    """An --engines name, `hf`, `vllm` or either with `-bf16`, optionally followed by `+teacher-bf16`, as
+    (rollout.engine, rollout.dtype, teacher.bf16)."""
+    rollouts, plus, teacher = name.partition("+")
+    engine, _, dtype = rollouts.partition("-")
+    if engine not in ("hf", "vllm") or dtype not in ("", "bf16") or (plus and teacher != "teacher-bf16"):
+        raise SystemExit(f"unknown engine {name!r}: hf, hf-bf16, vllm or vllm-bf16, each optionally with "
+                         "+teacher-bf16")
+    return engine, "bfloat16" if dtype else "model", bool(plus)
+
+
+def figure_key(name: str) -> str:
+    """An --engines name as it appears in the figure line's keys: vllm-bf16+teacher-bf16 -> vllm_bf16_teacher_bf16."""
+    return name.replace("-", "_").replace("+", "_")
 
 
 def run_child(kind: str, a, workdir: str, engine: str = "hf", **extra) -> dict:
@@ -352,7 +362,7 @@ def main() -> None:
                     help="rollouts of K optimizer steps sampled in one call, on both sides (ours: "
                          "rollout.steps_per_generation with importance weights; TRL: steps_per_generation, IS clip "
                          "2.0); K must divide --warmup and --steps - --warmup")
-    ap.add_argument("--engines", default="hf,hf-bf16,vllm,vllm-bf16",
+    ap.add_argument("--engines", default="hf,hf-bf16,vllm,vllm-bf16,vllm-bf16+teacher-bf16",
                     help="rollout engines for our SDFT step: hf (in the paired runs) and, one run each, the others "
                          "(-bf16: with rollout.dtype=bfloat16)")
     ap.add_argument("--engines-only", action="store_true", dest="engines_only",
@@ -495,8 +505,8 @@ def main() -> None:
     trl_step = central([x for r in trls for x in r["step_times"]], spg)
     sft_step = central([x for r in sfts for x in r["step_times"]], spg)
     by_engine = "".join(  # the engine column's single runs against the paired runs' TRL and SFT medians
-        f" ratio_vs_trl_{k.replace('-', '_')}={trl_step / central(v['step_times'], spg):.2f}"
-        f" sdft_over_sft_{k.replace('-', '_')}={central(v['step_times'], spg) / sft_step:.2f}"
+        f" ratio_vs_trl_{figure_key(k)}={trl_step / central(v['step_times'], spg):.2f}"
+        f" sdft_over_sft_{figure_key(k)}={central(v['step_times'], spg) / sft_step:.2f}"
         for k, v in others.items())
     print(f"ratio_vs_trl={statistics.median(r_speed):.2f} mem_vs_trl={statistics.median(r_mem):.2f} "
           f"loss_mem_vs_naive={loss_ratio:.2f} sdft_over_sft={statistics.median(r_sft):.2f}{by_engine}")
