@@ -220,14 +220,16 @@ def test_teacher_bf16_scores_under_bf16_autocast_and_trains_the_student_in_float
     assert {p.dtype for p in teacher.copy.parameters()} == {torch.float32}
 
 
-def test_teacher_bf16_in_train_changes_the_teacher_pass_only(tiny_tok, tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_teacher_bf16_in_train_changes_the_teacher_pass_only(tiny_tok, tmp_path, lora):
     """Through train(): teacher.bf16 samples the same rollouts as float32 and gives a loss within bf16's rounding
-    of it, but not the same one; the student and the EMA teacher stay float32."""
+    of it, but not the same one; the student and the EMA teacher stay float32. With LoRA the teacher is the
+    student's module with the EMA adapter swapped in: the same autocast reaches it."""
     out = {}
     for bf16 in (False, True):
         cfg = load_config(overrides={"train.max_steps": 1, "train.prompts_per_step": 2, "train.micro_batch_size": 2,
                                      "train.bf16": False, "teacher.bf16": bf16, "optim.warmup_steps": 0,
-                                     "rollout.max_new_tokens": 8, "log.progress": False})
+                                     "rollout.max_new_tokens": 8, "log.progress": False, "model.lora": lora})
         res = train(cfg, examples(2), build_tiny_model(tiny_tok, seed=0), tiny_tok, tmp_path / str(bf16))
         out[bf16] = res.metrics[0]
         assert {p.dtype for p in res.model.parameters()} == {torch.float32}
